@@ -1,0 +1,90 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/trellis-mesh/trellis/internal/controlplane"
+	"github.com/trellis-mesh/trellis/internal/source/local"
+)
+
+func newProxyCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "proxy",
+		Short:   "Inspect sidecars",
+		Example: "  trellis proxy config bookstore/bookstore-v1",
+	}
+	cmd.AddCommand(newProxyConfigCmd(g))
+	return cmd
+}
+
+type proxyConfigOptions struct {
+	*globals
+	output string
+}
+
+func newProxyConfigCmd(g *globals) *cobra.Command {
+	o := &proxyConfigOptions{globals: g}
+	cmd := &cobra.Command{
+		Use:   "config WORKLOAD",
+		Short: "Print a sidecar's effective config: identity, inbound policy, destinations, defaults",
+		Long: `Prints what one sidecar holds right now, read from its admin endpoint: its identity and
+certificate expiry, its inbound policy, every destination its app has called with routes,
+weights, endpoints and identities, and every default (timeouts included). WORKLOAD is a
+workload ID, NAMESPACE/NAME, or NAME when it is unique.`,
+		Example: "  trellis proxy config bookstore/bookstore-v1\n  trellis proxy config bookbuyer -o json",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.run(cmd.Context(), cmd.OutOrStdout(), args[0])
+		},
+	}
+	cmd.Flags().StringVarP(&o.output, "output", "o", "json", "json or yaml")
+	return cmd
+}
+
+// findWorkload resolves an ID, NAMESPACE/NAME or NAME to one registration.
+func findWorkload(ws []local.WorkloadStatus, q string) (local.WorkloadStatus, error) {
+	var hits []local.WorkloadStatus
+	for _, w := range ws {
+		if w.ID == q || w.Identity.Namespace+"/"+w.Name == q || w.Name == q {
+			hits = append(hits, w)
+		}
+	}
+	switch len(hits) {
+	case 1:
+		return hits[0], nil
+	case 0:
+		return local.WorkloadStatus{}, fmt.Errorf("no workload %q: `trellis get workloads` lists them", q)
+	}
+	ids := make([]string, len(hits))
+	for i, h := range hits {
+		ids[i] = h.ID
+	}
+	return local.WorkloadStatus{}, fmt.Errorf("%q matches several workloads (%s): give the ID", q, strings.Join(ids, ", "))
+}
+
+func (o *proxyConfigOptions) run(ctx context.Context, w io.Writer, q string) error {
+	c, err := controlplane.Dial(o.stateDir)
+	if err != nil {
+		return err
+	}
+	ws, err := c.Workloads(ctx)
+	if err != nil {
+		return err
+	}
+	wl, err := findWorkload(ws, q)
+	if err != nil {
+		return err
+	}
+	var cfg json.RawMessage
+	if err := getJSON(&http.Client{Timeout: 5 * time.Second}, "http://"+wl.AdminAddress+"/config", &cfg); err != nil {
+		return fmt.Errorf("sidecar of %s: %w", wl.ID, err)
+	}
+	return output(w, o.output, cfg, func() error { return output(w, "json", cfg, nil) })
+}

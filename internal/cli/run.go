@@ -1,0 +1,341 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/trellis-mesh/trellis/internal/controlplane"
+	"github.com/trellis-mesh/trellis/internal/model"
+	"github.com/trellis-mesh/trellis/internal/source/local"
+)
+
+// ProxyEnv names the sidecar binary when it is not beside trellis.
+const ProxyEnv = "TRELLIS_PROXY"
+
+type runOptions struct {
+	*globals
+	namespace, account, name string
+	services                 []string
+	port                     int
+	proxyBin                 string
+	readyTimeout             time.Duration
+	withdrawDelay            time.Duration
+	stopTimeout              time.Duration
+}
+
+func newRunCmd(g *globals) *cobra.Command {
+	o := &runOptions{globals: g}
+	cmd := &cobra.Command{
+		Use:   "run --namespace NS --account SA [--service NAME[:PORT][/PROTOCOL],...] [--port APP_PORT] -- CMD [ARGS...]",
+		Short: "Run a program in the local mesh with its own sidecar",
+		Long: `Registers a workload, starts its sidecar, waits until the sidecar is ready, then starts
+the program with HTTP_PROXY pointing at the sidecar. The workload takes traffic once the
+program listens on --port. On SIGINT or SIGTERM, or when the program exits, the workload
+stops taking traffic first, then the program is stopped, then the sidecar drains, then the
+workload is deregistered. The exit code is the program's.
+
+A service port defaults to --port; the protocol defaults to http.`,
+		Example: `  trellis run --namespace bookstore --account bookstore --service bookstore:14001,bookstore-v1:14001 \
+      --port 14011 -- ./bookstore --listen 127.0.0.1:14011
+  trellis run --namespace bookbuyer --account bookbuyer -- ./bookbuyer`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return o.run(cmd.Context(), args, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.namespace, "namespace", "n", "default", "the workload's `namespace`")
+	f.StringVar(&o.account, "account", "", "the workload's service `account`: its identity (required)")
+	f.StringVar(&o.name, "name", "", "workload `name`; default: the account")
+	f.StringSliceVar(&o.services, "service", nil, "services the workload backs, NAME[:PORT][/PROTOCOL] (repeatable or comma-separated)")
+	f.IntVar(&o.port, "port", 0, "the `port` the program listens on (127.0.0.1)")
+	f.StringVar(&o.proxyBin, "proxy", "", "the trellis-proxy `binary`; default: beside trellis, then $"+ProxyEnv+", then PATH")
+	f.DurationVar(&o.readyTimeout, "ready-timeout", 30*time.Second, "how long to wait for the sidecar and the program to be ready")
+	f.DurationVar(&o.withdrawDelay, "withdraw-delay", 500*time.Millisecond, "at shutdown, how long to keep serving after withdrawing the endpoint, while callers learn of it")
+	f.DurationVar(&o.stopTimeout, "stop-timeout", 10*time.Second, "how long the program may take to exit after SIGTERM before SIGKILL")
+	return cmd
+}
+
+// parseServices turns NAME[:PORT][/PROTOCOL] items into memberships.
+func parseServices(items []string, appPort int) ([]model.ServiceMembership, error) {
+	var out []model.ServiceMembership
+	for _, it := range items {
+		if it == "" {
+			continue
+		}
+		name, proto, _ := strings.Cut(it, "/")
+		name, portStr, hasPort := strings.Cut(name, ":")
+		port := appPort
+		if hasPort {
+			p, err := strconv.Atoi(portStr)
+			if err != nil {
+				return nil, fmt.Errorf("--service %q: port %q is not a number", it, portStr)
+			}
+			port = p
+		}
+		if port == 0 {
+			return nil, fmt.Errorf("--service %q: give the service port (NAME:PORT) or the program's --port", it)
+		}
+		p, err := model.ParseProtocol(proto)
+		if err != nil {
+			return nil, fmt.Errorf("--service %q: %w", it, err)
+		}
+		out = append(out, model.ServiceMembership{Service: name, ServicePort: port, Protocol: p})
+	}
+	return out, nil
+}
+
+// findProxy locates the sidecar binary.
+func findProxy(flagValue string) (string, error) {
+	if flagValue != "" {
+		return flagValue, nil
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "trellis-proxy")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p := os.Getenv(ProxyEnv); p != "" {
+		return p, nil
+	}
+	p, err := exec.LookPath("trellis-proxy")
+	if err != nil {
+		return "", errors.New("trellis-proxy not found beside trellis, in $" + ProxyEnv + " or on PATH: run `make build` or pass --proxy")
+	}
+	return p, nil
+}
+
+// freePort asks the kernel for an unused loopback port.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if o.account == "" {
+		return errors.New("--account is required: it is the workload's identity")
+	}
+	if o.name == "" {
+		o.name = o.account
+	}
+	svcs, err := parseServices(o.services, o.port)
+	if err != nil {
+		return err
+	}
+	proxyBin, err := findProxy(o.proxyBin)
+	if err != nil {
+		return err
+	}
+	c, err := controlplane.Dial(o.stateDir)
+	if err != nil {
+		return err
+	}
+	var ports [3]int
+	for i := range ports {
+		if ports[i], err = freePort(); err != nil {
+			return err
+		}
+	}
+	inbound := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	outbound := fmt.Sprintf("127.0.0.1:%d", ports[1])
+	admin := fmt.Sprintf("127.0.0.1:%d", ports[2])
+
+	// Signals are handled here from now on: the order of shutdown matters.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	reg, err := c.Register(ctx, local.Registration{
+		Name: o.name, Namespace: o.namespace, Account: o.account,
+		Services: svcs, Address: inbound, AdminAddress: admin,
+	})
+	if err != nil {
+		return err
+	}
+	bg := context.WithoutCancel(ctx)
+	defer func() {
+		if err := c.Deregister(bg, reg.ID); err != nil {
+			fmt.Fprintln(stderr, "trellis run: deregister:", err)
+		}
+	}()
+
+	proxyArgs := []string{
+		"--control-plane", c.Info.GRPC,
+		"--ca-file", filepath.Join(o.stateDir, controlplane.CAFile),
+		"--workload-id", reg.ID,
+		"--inbound", inbound, "--outbound", outbound, "--admin", admin,
+	}
+	if o.port != 0 {
+		proxyArgs = append(proxyArgs, "--app", fmt.Sprintf("127.0.0.1:%d", o.port))
+	}
+	proxy := exec.Command(proxyBin, proxyArgs...)
+	proxy.Env = append(os.Environ(), "TRELLIS_JOIN_TOKEN="+reg.Token)
+	proxy.Stdout, proxy.Stderr = stdout, stderr
+	proxy.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := proxy.Start(); err != nil {
+		return fmt.Errorf("start sidecar %s: %w", proxyBin, err)
+	}
+	proxyDone := make(chan error, 1)
+	go func() { proxyDone <- proxy.Wait() }()
+	stopProxy := func() {
+		proxy.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-proxyDone:
+		case <-time.After(15 * time.Second):
+			proxy.Process.Kill()
+			<-proxyDone
+		}
+	}
+
+	if err := waitReady(ctx, "http://"+admin+"/ready", o.readyTimeout, proxyDone, sigs); err != nil {
+		stopProxy()
+		return fmt.Errorf("sidecar of %s: %w", reg.ID, err)
+	}
+
+	app := exec.Command(args[0], args[1:]...)
+	proxyURL := "http://" + outbound
+	app.Env = append(os.Environ(),
+		"HTTP_PROXY="+proxyURL, "http_proxy="+proxyURL,
+		"NO_PROXY=localhost,127.0.0.1,::1", "no_proxy=localhost,127.0.0.1,::1",
+		"TRELLIS_WORKLOAD_ID="+reg.ID, "TRELLIS_NAMESPACE="+o.namespace,
+	)
+	app.Stdin, app.Stdout, app.Stderr = os.Stdin, stdout, stderr
+	app.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := app.Start(); err != nil {
+		stopProxy()
+		return fmt.Errorf("start %s: %w", args[0], err)
+	}
+	appDone := make(chan error, 1)
+	go func() { appDone <- app.Wait() }()
+
+	var appErr error
+	appExited, stopping := false, false
+	if o.port != 0 {
+		err := waitListening(ctx, fmt.Sprintf("127.0.0.1:%d", o.port), o.readyTimeout, appDone, sigs)
+		var exited *exitedError
+		switch {
+		case errors.As(err, &exited):
+			appErr, appExited = exited.err, true
+		case errors.Is(err, errInterrupted):
+			stopping = true
+		case err != nil:
+			fmt.Fprintf(stderr, "trellis run: %s: %v; it takes no traffic\n", reg.ID, err)
+		default:
+			if err := c.SetReady(ctx, reg.ID, true); err != nil {
+				fmt.Fprintln(stderr, "trellis run: mark ready:", err)
+			}
+		}
+	}
+
+	if !appExited && !stopping {
+		select {
+		case appErr = <-appDone:
+			appExited = true
+		case <-sigs:
+		case <-ctx.Done():
+		}
+	}
+	// Shutdown, in order: withdraw the endpoint, let callers learn of it, stop
+	// the program, then drain the sidecar, which outlives its program.
+	if o.port != 0 {
+		c.SetReady(bg, reg.ID, false)
+		if !appExited {
+			time.Sleep(o.withdrawDelay)
+		}
+	}
+	if !appExited {
+		app.Process.Signal(syscall.SIGTERM)
+		select {
+		case appErr = <-appDone:
+		case <-time.After(o.stopTimeout):
+			fmt.Fprintf(stderr, "trellis run: %s did not exit %s after SIGTERM; killing it\n", args[0], o.stopTimeout)
+			app.Process.Kill()
+			appErr = <-appDone
+		}
+	}
+	stopProxy()
+	var ee *exec.ExitError
+	if errors.As(appErr, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && (ws.Signal() == syscall.SIGTERM || ws.Signal() == syscall.SIGINT) {
+			return nil // stopped as asked
+		}
+		return &exitError{code: ee.ExitCode()}
+	}
+	return appErr
+}
+
+type exitedError struct{ err error }
+
+func (e *exitedError) Error() string {
+	return fmt.Sprintf("the program exited before it was ready: %v", e.err)
+}
+
+// waitReady polls url until it answers 200.
+func waitReady(ctx context.Context, url string, timeout time.Duration, died <-chan error, sigs <-chan os.Signal) error {
+	deadline := time.Now().Add(timeout)
+	hc := &http.Client{Timeout: time.Second}
+	for {
+		if resp, err := hc.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %s (%s)", timeout, url)
+		}
+		select {
+		case err := <-died:
+			return fmt.Errorf("exited before it was ready: %v", err)
+		case <-sigs:
+			return errInterrupted
+		case <-ctx.Done():
+			return errInterrupted
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// waitListening waits until something accepts connections on addr.
+func waitListening(ctx context.Context, addr string, timeout time.Duration, died <-chan error, sigs <-chan os.Signal) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("nothing listens on %s after %s", addr, timeout)
+		}
+		select {
+		case err := <-died:
+			return &exitedError{err}
+		case <-sigs:
+			return errInterrupted
+		case <-ctx.Done():
+			return errInterrupted
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// errInterrupted means a signal or cancellation arrived while waiting.
+var errInterrupted = errors.New("interrupted")

@@ -1,0 +1,217 @@
+package controlplane
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/trellis-mesh/trellis/internal/model"
+	"github.com/trellis-mesh/trellis/internal/serve"
+	"github.com/trellis-mesh/trellis/internal/source/local"
+	"github.com/trellis-mesh/trellis/internal/source/translate"
+)
+
+// ApplyRequest carries YAML or JSON documents to apply or delete.
+type ApplyRequest struct {
+	Source string `json:"source"` // file name, for messages
+	Data   string `json:"data"`
+}
+
+// DeleteRequest names objects to delete, as "Kind namespace/name", or carries
+// documents whose objects are to be deleted.
+type DeleteRequest struct {
+	Objects []string     `json:"objects,omitempty"`
+	Apply   ApplyRequest `json:"documents"`
+}
+
+// ErrorBody is the body of every admin API error.
+type ErrorBody struct {
+	Error    string          `json:"error"`
+	Problems []model.Problem `json:"problems,omitempty"`
+}
+
+// RegisterResponse answers a registration.
+type RegisterResponse struct {
+	ID    string `json:"id"`
+	Token string `json:"token"`
+}
+
+// Status is the control plane's view of the mesh.
+type Status struct {
+	Snapshot  string             `json:"snapshot"`
+	Mesh      model.MeshSettings `json:"mesh"`
+	Problems  []model.Problem    `json:"problems"`
+	Server    serve.Stats        `json:"server"`
+	Workloads int                `json:"workloads"`
+}
+
+type adminAPI struct {
+	store *local.Store
+	srv   *serve.Server
+	token string
+	log   *slog.Logger
+}
+
+func newAdmin(store *local.Store, srv *serve.Server, token string, log *slog.Logger) http.Handler {
+	a := &adminAPI{store: store, srv: srv, token: token, log: log}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/apply", a.apply)
+	mux.HandleFunc("POST /v1/delete", a.delete)
+	mux.HandleFunc("GET /v1/resources", a.resources)
+	mux.HandleFunc("GET /v1/workloads", a.workloads)
+	mux.HandleFunc("POST /v1/workloads", a.register)
+	mux.HandleFunc("PUT /v1/workloads/{ns}/{name}/ready", a.ready)
+	mux.HandleFunc("DELETE /v1/workloads/{ns}/{name}", a.deregister)
+	mux.HandleFunc("GET /v1/status", a.status)
+	return a.auth(mux)
+}
+
+func (a *adminAPI) auth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
+			writeJSON(w, http.StatusUnauthorized, ErrorBody{Error: "missing or wrong admin token: the CLI reads it from the state directory's admin-token"})
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, 8<<20)
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	var inv *local.InvalidError
+	switch {
+	case errors.As(err, &inv):
+		writeJSON(w, http.StatusUnprocessableEntity, ErrorBody{Error: "rejected; nothing was changed", Problems: inv.Problems})
+	case errors.Is(err, local.ErrNoWorkload):
+		writeJSON(w, http.StatusNotFound, ErrorBody{Error: err.Error()})
+	default:
+		writeJSON(w, http.StatusBadRequest, ErrorBody{Error: err.Error()})
+	}
+}
+
+func (a *adminAPI) apply(w http.ResponseWriter, r *http.Request) {
+	var req ApplyRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	rs, err := translate.Decode([]byte(req.Data), req.Source)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	res, err := a.store.Apply(rs)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	for _, c := range res.Changes {
+		if c.Action != local.Unchanged {
+			a.log.Info("resource "+string(c.Action), "object", c.Object)
+		}
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (a *adminAPI) delete(w http.ResponseWriter, r *http.Request) {
+	var req DeleteRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	refs := req.Objects
+	if req.Apply.Data != "" {
+		rs, err := translate.Decode([]byte(req.Apply.Data), req.Apply.Source)
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		for _, r := range rs {
+			refs = append(refs, r.Ref())
+		}
+	}
+	res, err := a.store.Delete(refs)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (a *adminAPI) resources(w http.ResponseWriter, r *http.Request) {
+	kind, ns := r.URL.Query().Get("kind"), r.URL.Query().Get("namespace")
+	out := []translate.Resource{}
+	for _, res := range a.store.Resources() {
+		if (kind == "" || strings.EqualFold(kind, res.Kind)) && (ns == "" || ns == res.Namespace) {
+			out = append(out, res)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *adminAPI) workloads(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.store.Workloads())
+}
+
+func (a *adminAPI) register(w http.ResponseWriter, r *http.Request) {
+	var req local.Registration
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeErr(w, err)
+		return
+	}
+	id, token, err := a.store.Register(req)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	a.log.Info("workload registered", "id", id, "identity", req.Namespace+"/"+req.Account)
+	writeJSON(w, http.StatusOK, RegisterResponse{ID: id, Token: token})
+}
+
+func (a *adminAPI) ready(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Ready bool `json:"ready"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+		writeErr(w, err)
+		return
+	}
+	id := r.PathValue("ns") + "/" + r.PathValue("name")
+	if err := a.store.SetReady(id, body.Ready); err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"ready": body.Ready})
+}
+
+func (a *adminAPI) deregister(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("ns") + "/" + r.PathValue("name")
+	if err := a.store.Deregister(id); err != nil {
+		writeErr(w, err)
+		return
+	}
+	a.log.Info("workload deregistered", "id", id)
+	writeJSON(w, http.StatusOK, map[string]string{"deregistered": id})
+}
+
+func (a *adminAPI) status(w http.ResponseWriter, r *http.Request) {
+	snap := a.store.Snapshot()
+	problems := snap.Problems()
+	if problems == nil {
+		problems = []model.Problem{}
+	}
+	writeJSON(w, http.StatusOK, Status{
+		Snapshot: snap.Hash(), Mesh: snap.Mesh(), Problems: problems,
+		Server: a.srv.Stats(), Workloads: len(snap.Workloads()),
+	})
+}

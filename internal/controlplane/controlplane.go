@@ -1,0 +1,184 @@
+// Package controlplane runs Trellis's control plane in local mode: it opens the
+// store in the state directory, keeps the built-in CA, rebuilds the model snapshot
+// on every change, serves sidecars over gRPC (mutual TLS once certified) and
+// serves the admin API that the CLI uses (apply, get, delete, run's registrations).
+// It writes control-plane.json in the state directory so that the CLI finds it.
+package controlplane
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/model"
+	"github.com/trellis-mesh/trellis/internal/serve"
+	"github.com/trellis-mesh/trellis/internal/source/local"
+	"github.com/trellis-mesh/trellis/internal/spiffe"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+)
+
+// Files in the state directory.
+const (
+	InfoFile   = "control-plane.json" // where the control plane listens
+	TokenFile  = "admin-token"        // bearer token of the admin API, mode 0600
+	CAFile     = "ca.pem"             // roots that verify the control plane and sidecars
+	caDir      = "ca"
+	identityNS = "trellis-system"
+)
+
+// Info is what control-plane.json holds.
+type Info struct {
+	GRPC  string `json:"grpc"`
+	Admin string `json:"admin"`
+	PID   int    `json:"pid"`
+}
+
+// Options configure a control plane.
+type Options struct {
+	StateDir  string // required
+	GRPCAddr  string // default 127.0.0.1:15128
+	AdminAddr string // default 127.0.0.1:15129
+	// LeafTTL is the lifetime of workload certificates; default 24h.
+	LeafTTL time.Duration
+	// Grace is how long after start registered workloads count as alive before
+	// their sidecars reconnect; default 15s.
+	Grace  time.Duration
+	Logger *slog.Logger
+	// Ready, if set, is called once listening, with the bound addresses.
+	Ready func(Info)
+}
+
+// Run serves until ctx ends.
+func Run(ctx context.Context, o Options) error {
+	if o.StateDir == "" {
+		return errors.New("a state directory is required")
+	}
+	if o.GRPCAddr == "" {
+		o.GRPCAddr = "127.0.0.1:15128"
+	}
+	if o.AdminAddr == "" {
+		o.AdminAddr = "127.0.0.1:15129"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	log := o.Logger
+	store, err := local.Open(local.Options{Dir: o.StateDir, Grace: o.Grace})
+	if err != nil {
+		return err
+	}
+	ca, err := identity.LoadOrCreate(filepath.Join(o.StateDir, caDir), identity.Options{TrustDomain: model.DefaultTrustDomain, LeafTTL: o.LeafTTL})
+	if err != nil {
+		return fmt.Errorf("certificate authority: %w", err)
+	}
+	if err := local.WriteFileAtomic(filepath.Join(o.StateDir, CAFile), ca.BundlePEM(), 0o644); err != nil {
+		return err
+	}
+	adminToken, err := loadOrCreateToken(filepath.Join(o.StateDir, TokenFile))
+	if err != nil {
+		return err
+	}
+
+	srv := serve.New(serve.Config{Authenticator: store, Signer: ca, Observer: store, LeafTTL: o.LeafTTL, Logger: log})
+	srv.Update(store.Snapshot())
+
+	cpID := spiffe.ID{TrustDomain: store.Snapshot().Mesh().TrustDomain, Namespace: identityNS, Account: "trellis-control-plane"}
+	cert, err := ca.ServingCert(cpID, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback})
+	if err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	for _, der := range ca.Bundle() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return err
+		}
+		roots.AddCert(c)
+	}
+	tlsConf := &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    roots,
+		NextProtos:   []string{"h2"},
+	}
+	g := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsConf)),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	srv.Register(g)
+
+	gl, err := net.Listen("tcp", o.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("gRPC listener: %w", err)
+	}
+	al, err := net.Listen("tcp", o.AdminAddr)
+	if err != nil {
+		gl.Close()
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	info := Info{GRPC: gl.Addr().String(), Admin: al.Addr().String(), PID: os.Getpid()}
+	b, _ := json.MarshalIndent(info, "", "  ")
+	if err := local.WriteFileAtomic(filepath.Join(o.StateDir, InfoFile), b, 0o644); err != nil {
+		return err
+	}
+	admin := &http.Server{Handler: newAdmin(store, srv, adminToken, log), ReadHeaderTimeout: 10 * time.Second}
+	go g.Serve(gl)
+	go admin.Serve(al)
+	log.Info("control plane serving", "grpc", info.GRPC, "admin", info.Admin, "state", o.StateDir, "snapshot", store.Snapshot().Hash())
+	if o.Ready != nil {
+		o.Ready(info)
+	}
+
+	grace := time.NewTimer(store.Grace())
+	defer grace.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			os.Remove(filepath.Join(o.StateDir, InfoFile))
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			admin.Shutdown(sctx)
+			cancel()
+			g.Stop() // streams are endless watches: end them, sidecars reconnect
+			log.Info("control plane stopped")
+			return nil
+		case <-grace.C:
+			store.GraceOver()
+		case <-store.Changes():
+			snap := store.Snapshot()
+			srv.Update(snap)
+			log.Debug("snapshot", "hash", snap.Hash(), "problems", len(snap.Problems()))
+		}
+	}
+}
+
+func loadOrCreateToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil && len(b) > 0 {
+		return string(b), nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	t := base64.RawURLEncoding.EncodeToString(raw[:])
+	return t, local.WriteFileAtomic(path, []byte(t), 0o600)
+}

@@ -1,0 +1,204 @@
+// Package model owns Trellis's internal view of the mesh: an immutable Snapshot of
+// services, workloads, identities, routes, access policy and mesh settings, with a
+// content hash. Sources build snapshots; the compiler reads them. It imports neither
+// client-go nor wire types, so every front door (SMI, OSM, Gateway API, local
+// registrations) meets here on equal terms.
+package model
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// DefaultTrustDomain is the SPIFFE trust domain used when none is configured.
+const DefaultTrustDomain = "cluster.local"
+
+// Key names a namespaced object.
+type Key struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+}
+
+func (k Key) String() string { return k.Namespace + "/" + k.Name }
+
+// Identity is a workload identity: a service account in a namespace.
+type Identity struct {
+	Namespace string `json:"namespace"`
+	Account   string `json:"account"`
+}
+
+// SPIFFE returns the identity's SPIFFE ID in trust domain td.
+func (i Identity) SPIFFE(td string) string {
+	return "spiffe://" + td + "/ns/" + i.Namespace + "/sa/" + i.Account
+}
+
+func (i Identity) String() string { return i.Namespace + "/" + i.Account }
+
+// Protocol names how a service port speaks. The values follow OSM's appProtocol
+// vocabulary.
+type Protocol string
+
+// Protocols a service port may declare.
+const (
+	ProtocolHTTP           Protocol = "http"
+	ProtocolTCP            Protocol = "tcp"
+	ProtocolTCPServerFirst Protocol = "tcp-server-first"
+	ProtocolGRPC           Protocol = "grpc"
+)
+
+// ParseProtocol maps an appProtocol or port-name prefix to a Protocol; the empty
+// string means HTTP, as in OSM.
+func ParseProtocol(s string) (Protocol, error) {
+	switch p := Protocol(strings.ToLower(s)); p {
+	case "":
+		return ProtocolHTTP, nil
+	case ProtocolHTTP, ProtocolTCP, ProtocolTCPServerFirst, ProtocolGRPC:
+		return p, nil
+	}
+	return "", fmt.Errorf("unknown protocol %q: use http, tcp, tcp-server-first or grpc", s)
+}
+
+// ServicePort is one port a service exposes.
+type ServicePort struct {
+	Port     int      `json:"port"`
+	Protocol Protocol `json:"protocol"`
+}
+
+// Service is a named set of workloads reachable at service ports.
+type Service struct {
+	Key   Key           `json:"key"`
+	Ports []ServicePort `json:"ports"`
+}
+
+// Port returns the service port numbered p, if the service has it.
+func (s *Service) Port(p int) (ServicePort, bool) {
+	for _, sp := range s.Ports {
+		if sp.Port == p {
+			return sp, true
+		}
+	}
+	return ServicePort{}, false
+}
+
+// ServiceMembership says a workload backs a service on a service port.
+type ServiceMembership struct {
+	Service     string   `json:"service"`
+	ServicePort int      `json:"servicePort"`
+	Protocol    Protocol `json:"protocol"`
+}
+
+// Workload is one running instance with its sidecar: a pod on Kubernetes, a
+// `trellis run` process in local mode.
+type Workload struct {
+	ID       string              `json:"id"`
+	Name     string              `json:"name"`
+	Identity Identity            `json:"identity"`
+	Services []ServiceMembership `json:"services"`
+	// Address is the sidecar's inbound (mTLS) address, host:port.
+	Address string `json:"address"`
+	// AdminAddress is the sidecar's admin address (metrics, config), host:port.
+	AdminAddress string `json:"adminAddress"`
+	// Ready is true once the sidecar and the app are ready to take traffic.
+	Ready bool `json:"ready"`
+}
+
+// WeightedBackend is one leg of a traffic split.
+type WeightedBackend struct {
+	Service string `json:"service"`
+	Weight  int    `json:"weight"`
+}
+
+// TrafficSplit divides requests for a root service among backend services.
+type TrafficSplit struct {
+	Key      Key               `json:"key"`
+	Service  string            `json:"service"` // root service name, in Key.Namespace
+	Backends []WeightedBackend `json:"backends"`
+}
+
+// HTTPMatch is one named request match of an HTTPRouteGroup. Empty fields match
+// everything.
+type HTTPMatch struct {
+	Name      string            `json:"name"`
+	PathRegex string            `json:"pathRegex,omitempty"`
+	Methods   []string          `json:"methods,omitempty"`
+	Headers   map[string]string `json:"headers,omitempty"` // header name → value regex
+}
+
+// HTTPRouteGroup is a set of named HTTP matches that TrafficTargets refer to.
+type HTTPRouteGroup struct {
+	Key     Key         `json:"key"`
+	Matches []HTTPMatch `json:"matches"`
+}
+
+// TCPRoute names the ports a TrafficTarget allows for opaque TCP.
+type TCPRoute struct {
+	Key   Key   `json:"key"`
+	Ports []int `json:"ports,omitempty"` // empty: every port
+}
+
+// RuleKind is the kind of route a TrafficTarget rule refers to.
+type RuleKind string
+
+// Rule kinds.
+const (
+	RuleHTTPRouteGroup RuleKind = "HTTPRouteGroup"
+	RuleTCPRoute       RuleKind = "TCPRoute"
+)
+
+// TrafficRule narrows a TrafficTarget to some routes.
+type TrafficRule struct {
+	Kind    RuleKind `json:"kind"`
+	Name    string   `json:"name"`
+	Matches []string `json:"matches,omitempty"` // names within the route group; empty: all
+}
+
+// TrafficTarget allows source identities to call a destination identity over the
+// listed routes. It lives in the destination's namespace.
+type TrafficTarget struct {
+	Key         Key           `json:"key"`
+	Destination Identity      `json:"destination"`
+	Sources     []Identity    `json:"sources"`
+	Rules       []TrafficRule `json:"rules"`
+}
+
+// MeshSettings are the mesh-wide switches (OSM's MeshConfig).
+type MeshSettings struct {
+	// TrustDomain of every identity; default cluster.local.
+	TrustDomain string `json:"trustDomain"`
+	// Permissive lets any meshed identity call any service; default true, as OSM.
+	Permissive bool `json:"permissive"`
+	// Egress lets workloads call destinations outside the mesh; default true, as OSM.
+	Egress bool `json:"egress"`
+	// Source names the MeshConfig that set these, if any.
+	Source string `json:"source,omitempty"`
+}
+
+// DefaultMeshSettings returns OSM's defaults: permissive, egress on.
+func DefaultMeshSettings() MeshSettings {
+	return MeshSettings{TrustDomain: DefaultTrustDomain, Permissive: true, Egress: true}
+}
+
+// Problem is a validation finding about one resource.
+type Problem struct {
+	Object  string `json:"object"` // Kind namespace/name
+	Field   string `json:"field,omitempty"`
+	Message string `json:"message"`
+}
+
+func (p Problem) Error() string {
+	if p.Field != "" {
+		return p.Object + ": " + p.Field + ": " + p.Message
+	}
+	return p.Object + ": " + p.Message
+}
+
+// sortKeys orders keys by namespace then name.
+func sortKeys(keys []Key) {
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].Namespace != keys[j].Namespace {
+			return keys[i].Namespace < keys[j].Namespace
+		}
+		return keys[i].Name < keys[j].Name
+	})
+}

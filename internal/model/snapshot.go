@@ -1,0 +1,289 @@
+package model
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+)
+
+// Inputs is everything a snapshot is built from. Sources fill it; Build validates
+// it and freezes it.
+type Inputs struct {
+	Mesh        *MeshSettings // nil: DefaultMeshSettings
+	Services    []Service     // declared services; more are derived from workloads
+	Workloads   []Workload
+	Splits      []TrafficSplit
+	Targets     []TrafficTarget
+	RouteGroups []HTTPRouteGroup
+	TCPRoutes   []TCPRoute
+}
+
+// Snapshot is an immutable, validated view of the mesh. Its accessors return
+// shared values that callers must not modify.
+type Snapshot struct {
+	hash        string
+	mesh        MeshSettings
+	services    map[Key]*Service
+	workloads   []*Workload
+	splits      map[Key]*TrafficSplit // by root service
+	targets     map[Identity][]*TrafficTarget
+	routeGroups map[Key]*HTTPRouteGroup
+	tcpRoutes   map[Key]*TCPRoute
+	problems    []Problem
+}
+
+// canonical is the hashed form of a snapshot: every slice sorted.
+type canonical struct {
+	Mesh        MeshSettings
+	Services    []*Service
+	Workloads   []*Workload
+	Splits      []*TrafficSplit
+	Targets     []*TrafficTarget
+	RouteGroups []*HTTPRouteGroup
+	TCPRoutes   []*TCPRoute
+}
+
+// Build validates in and returns the snapshot. Objects with problems that make
+// them unusable are left out and reported; they never break the snapshot.
+func Build(in Inputs) *Snapshot {
+	s := &Snapshot{
+		mesh:        DefaultMeshSettings(),
+		services:    map[Key]*Service{},
+		splits:      map[Key]*TrafficSplit{},
+		targets:     map[Identity][]*TrafficTarget{},
+		routeGroups: map[Key]*HTTPRouteGroup{},
+		tcpRoutes:   map[Key]*TCPRoute{},
+	}
+	if in.Mesh != nil {
+		s.mesh = *in.Mesh
+		if s.mesh.TrustDomain == "" {
+			s.mesh.TrustDomain = DefaultTrustDomain
+		}
+	}
+	for i := range in.Services {
+		svc := in.Services[i]
+		s.addService(svc.Key, svc.Ports...)
+	}
+	for i := range in.Workloads {
+		w := in.Workloads[i]
+		w.Services = append([]ServiceMembership(nil), w.Services...)
+		sort.Slice(w.Services, func(a, b int) bool { return w.Services[a].Service < w.Services[b].Service })
+		for _, m := range w.Services {
+			s.addService(Key{w.Identity.Namespace, m.Service}, ServicePort{Port: m.ServicePort, Protocol: m.Protocol})
+		}
+		s.workloads = append(s.workloads, &w)
+	}
+	sort.Slice(s.workloads, func(a, b int) bool { return s.workloads[a].ID < s.workloads[b].ID })
+
+	for i := range in.RouteGroups {
+		g := in.RouteGroups[i]
+		s.routeGroups[g.Key] = &g
+	}
+	for i := range in.TCPRoutes {
+		r := in.TCPRoutes[i]
+		s.tcpRoutes[r.Key] = &r
+	}
+	splits := append([]TrafficSplit(nil), in.Splits...)
+	sort.Slice(splits, func(a, b int) bool { return splits[a].Key.String() < splits[b].Key.String() })
+	for i := range splits {
+		sp := splits[i]
+		s.addSplit(&sp)
+	}
+	for i := range in.Targets {
+		t := in.Targets[i]
+		s.addTarget(&t)
+	}
+	for id := range s.targets {
+		ts := s.targets[id]
+		sort.Slice(ts, func(a, b int) bool { return ts[a].Key.String() < ts[b].Key.String() })
+	}
+	s.hash = s.computeHash()
+	return s
+}
+
+func (s *Snapshot) problem(obj, field, format string, args ...any) {
+	s.problems = append(s.problems, Problem{Object: obj, Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+func (s *Snapshot) addService(k Key, ports ...ServicePort) {
+	svc := s.services[k]
+	if svc == nil {
+		svc = &Service{Key: k}
+		s.services[k] = svc
+	}
+	for _, p := range ports {
+		if p.Protocol == "" {
+			p.Protocol = ProtocolHTTP
+		}
+		if have, ok := svc.Port(p.Port); ok {
+			if have.Protocol != p.Protocol {
+				s.problem("Service "+k.String(), fmt.Sprintf("ports[%d]", p.Port),
+					"workloads disagree on the protocol (%s and %s); keeping %s: register every workload with the same protocol",
+					have.Protocol, p.Protocol, have.Protocol)
+			}
+			continue
+		}
+		svc.Ports = append(svc.Ports, p)
+	}
+	sort.Slice(svc.Ports, func(a, b int) bool { return svc.Ports[a].Port < svc.Ports[b].Port })
+}
+
+func (s *Snapshot) addSplit(sp *TrafficSplit) {
+	obj := "TrafficSplit " + sp.Key.String()
+	root := Key{sp.Key.Namespace, sp.Service}
+	if prev, ok := s.splits[root]; ok {
+		s.problem(obj, "spec.service", "TrafficSplit %s already splits service %s; this one is ignored: merge them into one", prev.Key, root)
+		return
+	}
+	if _, ok := s.services[root]; !ok {
+		s.problem(obj, "spec.service", "root service %q is not a service in namespace %s (no workload is registered for it); start its workloads or fix spec.service", sp.Service, sp.Key.Namespace)
+	}
+	for i, b := range sp.Backends {
+		if _, ok := s.services[Key{sp.Key.Namespace, b.Service}]; !ok {
+			s.problem(obj, fmt.Sprintf("spec.backends[%d].service", i),
+				"backend %q is not a service in namespace %s (no workload is registered for it); start its workloads or remove the backend", b.Service, sp.Key.Namespace)
+		}
+	}
+	s.splits[root] = sp
+}
+
+func (s *Snapshot) addTarget(t *TrafficTarget) {
+	obj := "TrafficTarget " + t.Key.String()
+	for i, r := range t.Rules {
+		k := Key{t.Key.Namespace, r.Name}
+		switch r.Kind {
+		case RuleHTTPRouteGroup:
+			g, ok := s.routeGroups[k]
+			if !ok {
+				s.problem(obj, fmt.Sprintf("spec.rules[%d]", i), "HTTPRouteGroup %s does not exist; the rule allows nothing until it does", k)
+				continue
+			}
+			for _, m := range r.Matches {
+				if !g.hasMatch(m) {
+					s.problem(obj, fmt.Sprintf("spec.rules[%d].matches", i), "HTTPRouteGroup %s has no match named %q", k, m)
+				}
+			}
+		case RuleTCPRoute:
+			if _, ok := s.tcpRoutes[k]; !ok {
+				s.problem(obj, fmt.Sprintf("spec.rules[%d]", i), "TCPRoute %s does not exist; the rule allows nothing until it does", k)
+			}
+		}
+	}
+	s.targets[t.Destination] = append(s.targets[t.Destination], t)
+}
+
+func (g *HTTPRouteGroup) hasMatch(name string) bool {
+	for _, m := range g.Matches {
+		if m.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Snapshot) computeHash() string {
+	c := canonical{Mesh: s.mesh, Workloads: s.workloads}
+	for _, v := range s.services {
+		c.Services = append(c.Services, v)
+	}
+	sort.Slice(c.Services, func(a, b int) bool { return c.Services[a].Key.String() < c.Services[b].Key.String() })
+	for _, v := range s.splits {
+		c.Splits = append(c.Splits, v)
+	}
+	sort.Slice(c.Splits, func(a, b int) bool { return c.Splits[a].Key.String() < c.Splits[b].Key.String() })
+	for _, ts := range s.targets {
+		c.Targets = append(c.Targets, ts...)
+	}
+	sort.Slice(c.Targets, func(a, b int) bool { return c.Targets[a].Key.String() < c.Targets[b].Key.String() })
+	for _, v := range s.routeGroups {
+		c.RouteGroups = append(c.RouteGroups, v)
+	}
+	sort.Slice(c.RouteGroups, func(a, b int) bool { return c.RouteGroups[a].Key.String() < c.RouteGroups[b].Key.String() })
+	for _, v := range s.tcpRoutes {
+		c.TCPRoutes = append(c.TCPRoutes, v)
+	}
+	sort.Slice(c.TCPRoutes, func(a, b int) bool { return c.TCPRoutes[a].Key.String() < c.TCPRoutes[b].Key.String() })
+	b, err := json.Marshal(c)
+	if err != nil {
+		panic("model: snapshot does not marshal: " + err.Error()) // all fields are plain data
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// Hash is the snapshot's content hash: equal content, equal hash.
+func (s *Snapshot) Hash() string { return s.hash }
+
+// Mesh returns the mesh-wide settings.
+func (s *Snapshot) Mesh() MeshSettings { return s.mesh }
+
+// Service returns the service named k.
+func (s *Snapshot) Service(k Key) (*Service, bool) {
+	v, ok := s.services[k]
+	return v, ok
+}
+
+// Services returns every service, sorted by key.
+func (s *Snapshot) Services() []*Service {
+	out := make([]*Service, 0, len(s.services))
+	for _, v := range s.services {
+		out = append(out, v)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Key.String() < out[b].Key.String() })
+	return out
+}
+
+// Workloads returns every workload, sorted by ID.
+func (s *Snapshot) Workloads() []*Workload { return s.workloads }
+
+// Workload returns the workload with the given ID.
+func (s *Snapshot) Workload(id string) (*Workload, bool) {
+	i := sort.Search(len(s.workloads), func(i int) bool { return s.workloads[i].ID >= id })
+	if i < len(s.workloads) && s.workloads[i].ID == id {
+		return s.workloads[i], true
+	}
+	return nil, false
+}
+
+// Endpoints returns the ready workloads backing service k on service port p.
+func (s *Snapshot) Endpoints(k Key, port int) []*Workload {
+	var out []*Workload
+	for _, w := range s.workloads {
+		if !w.Ready || w.Identity.Namespace != k.Namespace {
+			continue
+		}
+		for _, m := range w.Services {
+			if m.Service == k.Name && m.ServicePort == port {
+				out = append(out, w)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Split returns the traffic split whose root is service k, if any.
+func (s *Snapshot) Split(k Key) (*TrafficSplit, bool) {
+	v, ok := s.splits[k]
+	return v, ok
+}
+
+// TargetsFor returns the TrafficTargets whose destination is id, sorted by key.
+func (s *Snapshot) TargetsFor(id Identity) []*TrafficTarget { return s.targets[id] }
+
+// RouteGroup returns the HTTPRouteGroup named k.
+func (s *Snapshot) RouteGroup(k Key) (*HTTPRouteGroup, bool) {
+	v, ok := s.routeGroups[k]
+	return v, ok
+}
+
+// TCPRoute returns the TCPRoute named k.
+func (s *Snapshot) TCPRoute(k Key) (*TCPRoute, bool) {
+	v, ok := s.tcpRoutes[k]
+	return v, ok
+}
+
+// Problems returns what validation found, in the order found.
+func (s *Snapshot) Problems() []Problem { return s.problems }

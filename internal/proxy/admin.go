@@ -1,0 +1,121 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+func (p *Proxy) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /live", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case p.draining.Load():
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+		case !p.ready.Load():
+			http.Error(w, "not ready: waiting for a certificate and inbound policy from the control plane", http.StatusServiceUnavailable)
+		default:
+			w.Write([]byte("ok\n"))
+		}
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		p.metrics.WritePrometheus(w)
+	})
+	mux.HandleFunc("GET /config", p.serveConfig)
+	return mux
+}
+
+var pj = protojson.MarshalOptions{EmitUnpopulated: true, UseProtoNames: true}
+
+// serveConfig prints the effective config: identity, certificate, inbound policy
+// and every destination held, defaults included.
+func (p *Proxy) serveConfig(w http.ResponseWriter, r *http.Request) {
+	type dest struct {
+		Authority string          `json:"authority"`
+		Config    json.RawMessage `json:"config"`
+	}
+	out := struct {
+		Identity     string          `json:"identity"`
+		Workload     string          `json:"workload_id"`
+		CertExpires  *time.Time      `json:"certificate_expires,omitempty"`
+		Ready        bool            `json:"ready"`
+		Draining     bool            `json:"draining"`
+		Listeners    map[string]any  `json:"listeners"`
+		Inbound      json.RawMessage `json:"inbound"`
+		Destinations []dest          `json:"destinations"`
+		Defaults     map[string]any  `json:"defaults"`
+		Process      processInfo     `json:"process"`
+	}{
+		Process:  readProcess(),
+		Identity: p.creds.ID().String(),
+		Workload: p.opts.WorkloadID,
+		Ready:    p.ready.Load(),
+		Draining: p.draining.Load(),
+		Listeners: map[string]any{
+			"inbound": addrString(p.Inbound), "outbound": addrString(p.Outbound), "admin": addrString(p.Admin), "app": p.opts.AppAddr,
+		},
+		Inbound: json.RawMessage("null"),
+		Defaults: map[string]any{
+			"drain_timeout":        p.opts.DrainTimeout.String(),
+			"destination_idle":     p.opts.IdleTimeout.String(),
+			"first_config_timeout": p.opts.FirstConfigTimeout.String(),
+			"note":                 "per-destination timeouts and balancers are spelled out in each destination's config",
+		},
+	}
+	if t := p.creds.NotAfter(); !t.IsZero() {
+		out.CertExpires = &t
+	}
+	if pol := p.policy.Load(); pol != nil {
+		out.Inbound, _ = pj.Marshal(pol.msg)
+	}
+	if p.dests != nil {
+		for name, m := range p.dests.snapshot() {
+			d := dest{Authority: name, Config: json.RawMessage("null")}
+			if m != nil {
+				d.Config, _ = pj.Marshal(m)
+			}
+			out.Destinations = append(out.Destinations, d)
+		}
+	}
+	sort.Slice(out.Destinations, func(i, j int) bool { return out.Destinations[i].Authority < out.Destinations[j].Authority })
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(out)
+}
+
+func addrString(a interface{ String() string }) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+// processInfo is the sidecar's own footprint, read from /proc.
+type processInfo struct {
+	PID      int   `json:"pid"`
+	RSSBytes int64 `json:"rss_bytes"`
+}
+
+func readProcess() processInfo {
+	pi := processInfo{PID: os.Getpid()}
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return pi
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			pi.RSSBytes = kb * 1024
+		}
+	}
+	return pi
+}

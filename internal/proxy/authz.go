@@ -1,0 +1,148 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"regexp"
+
+	proxyv1 "github.com/trellis-mesh/trellis/api/proxy/v1"
+)
+
+// policy is an InboundConfig compiled for the hot path: regular expressions built
+// once per config version.
+type policy struct {
+	msg   *proxyv1.InboundConfig
+	authz []authorization
+}
+
+type authorization struct {
+	name    string
+	sources map[string]bool
+	http    []httpRule
+	tcp     []*proxyv1.TCPRule
+}
+
+type httpRule struct {
+	name    string
+	path    *regexp.Regexp // nil: any
+	methods map[string]bool
+	headers []headerRule
+}
+
+type headerRule struct {
+	name  string
+	value *regexp.Regexp
+}
+
+// anchored compiles re so that it must match the whole input, as SMI and
+// Envoy's safe_regex do.
+func anchored(re string) (*regexp.Regexp, error) { return regexp.Compile("^(?:" + re + ")$") }
+
+func newPolicy(m *proxyv1.InboundConfig) (*policy, error) {
+	p := &policy{msg: m}
+	for _, a := range m.GetAuthorizations() {
+		ca := authorization{name: a.GetName(), sources: map[string]bool{}, tcp: a.GetTcp()}
+		for _, s := range a.GetSources() {
+			ca.sources[s] = true
+		}
+		for _, h := range a.GetHttp() {
+			r := httpRule{name: h.GetName()}
+			if h.GetPathRegex() != "" {
+				re, err := anchored(h.GetPathRegex())
+				if err != nil {
+					return nil, fmt.Errorf("%s: path regex: %w", h.GetName(), err)
+				}
+				r.path = re
+			}
+			for _, m := range h.GetMethods() {
+				if m == "*" {
+					r.methods = nil
+					break
+				}
+				if r.methods == nil {
+					r.methods = map[string]bool{}
+				}
+				r.methods[m] = true
+			}
+			for name, v := range h.GetHeaders() {
+				re, err := anchored(v)
+				if err != nil {
+					return nil, fmt.Errorf("%s: header %s: %w", h.GetName(), name, err)
+				}
+				r.headers = append(r.headers, headerRule{name: http.CanonicalHeaderKey(name), value: re})
+			}
+			ca.http = append(ca.http, r)
+		}
+		p.authz = append(p.authz, ca)
+	}
+	return p, nil
+}
+
+// allowHTTP decides a request from source; rule names what allowed it.
+func (p *policy) allowHTTP(source string, r *http.Request) (ok bool, rule string) {
+	if p.msg.GetPermissive() {
+		return true, "permissive"
+	}
+	for i := range p.authz {
+		a := &p.authz[i]
+		if !a.sources[source] {
+			continue
+		}
+		for j := range a.http {
+			if a.http[j].match(r) {
+				return true, a.http[j].name
+			}
+		}
+	}
+	return false, ""
+}
+
+func (h *httpRule) match(r *http.Request) bool {
+	if h.methods != nil && !h.methods[r.Method] {
+		return false
+	}
+	if h.path != nil && !h.path.MatchString(r.URL.Path) {
+		return false
+	}
+	for _, hr := range h.headers {
+		vals := r.Header.Values(hr.name)
+		if hr.name == "Host" {
+			vals = []string{r.Host}
+		}
+		matched := false
+		for _, v := range vals {
+			if hr.value.MatchString(v) {
+				matched = true
+				break
+			}
+		}
+		if !matched {
+			return false
+		}
+	}
+	return true
+}
+
+// allowTCP decides an opaque TCP connection from source to port.
+func (p *policy) allowTCP(source string, port int) (ok bool, rule string) {
+	if p.msg.GetPermissive() {
+		return true, "permissive"
+	}
+	for i := range p.authz {
+		a := &p.authz[i]
+		if !a.sources[source] {
+			continue
+		}
+		for _, t := range a.tcp {
+			if len(t.GetPorts()) == 0 {
+				return true, t.GetName()
+			}
+			for _, tp := range t.GetPorts() {
+				if int(tp) == port {
+					return true, t.GetName()
+				}
+			}
+		}
+	}
+	return false, ""
+}

@@ -1,0 +1,168 @@
+package proxy
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	proxyv1 "github.com/trellis-mesh/trellis/api/proxy/v1"
+)
+
+// destination is one authority the app has called: its latest compiled config and
+// the watch that keeps it fresh.
+type destination struct {
+	authority string
+	cfg       atomic.Pointer[route]
+	first     chan struct{} // closed on the first config
+	once      sync.Once
+	lastUsed  atomic.Int64 // unix nanoseconds
+	cancel    context.CancelFunc
+}
+
+// route is a DestinationConfig made ready for the hot path.
+type route struct {
+	msg      *proxyv1.DestinationConfig
+	backends []*backend // the default route's legs, weight > 0 only
+	cum      []uint32   // cumulative weights
+	total    uint32
+}
+
+type backend struct {
+	msg     *proxyv1.Backend
+	allowed map[string]bool
+	next    atomic.Uint32 // round robin
+}
+
+func newRoute(m *proxyv1.DestinationConfig) *route {
+	r := &route{msg: m}
+	byName := map[string]*proxyv1.Backend{}
+	for _, b := range m.GetBackends() {
+		byName[b.GetName()] = b
+	}
+	if len(m.GetRoutes()) == 0 {
+		return r
+	}
+	for _, wb := range m.GetRoutes()[0].GetBackends() {
+		b, ok := byName[wb.GetBackend()]
+		if !ok || wb.GetWeight() == 0 {
+			continue
+		}
+		be := &backend{msg: b, allowed: map[string]bool{}}
+		for _, s := range b.GetAllowedSources() {
+			be.allowed[s] = true
+		}
+		r.total += wb.GetWeight()
+		r.backends = append(r.backends, be)
+		r.cum = append(r.cum, r.total)
+	}
+	return r
+}
+
+// pick chooses a backend by weight; nil when the route has none.
+func (r *route) pick() *backend {
+	switch len(r.backends) {
+	case 0:
+		return nil
+	case 1:
+		return r.backends[0]
+	}
+	n := rand.Uint32N(r.total)
+	for i, c := range r.cum {
+		if n < c {
+			return r.backends[i]
+		}
+	}
+	return r.backends[len(r.backends)-1]
+}
+
+// allows says whether the identity may call this backend (early refusal).
+func (b *backend) allows(id string) bool { return b.msg.GetOpen() || b.allowed[id] }
+
+// endpoint picks the next endpoint round robin; nil when there is none.
+func (b *backend) endpoint() *proxyv1.Endpoint {
+	eps := b.msg.GetEndpoints()
+	if len(eps) == 0 {
+		return nil
+	}
+	i := b.next.Add(1)
+	return eps[int(i)%len(eps)]
+}
+
+// destinations is the table of authorities the app has called.
+type destinations struct {
+	watch   func(ctx context.Context, authority string, apply func(*proxyv1.DestinationConfig) error)
+	idle    time.Duration
+	mu      sync.Mutex
+	byName  map[string]*destination
+	rootCtx context.Context
+}
+
+func newDestinations(ctx context.Context, idle time.Duration, watch func(context.Context, string, func(*proxyv1.DestinationConfig) error)) *destinations {
+	return &destinations{watch: watch, idle: idle, byName: map[string]*destination{}, rootCtx: ctx}
+}
+
+// get returns the destination for authority, starting its watch on first use.
+func (d *destinations) get(authority string) *destination {
+	d.mu.Lock()
+	dst, ok := d.byName[authority]
+	if !ok {
+		ctx, cancel := context.WithCancel(d.rootCtx)
+		dst = &destination{authority: authority, first: make(chan struct{}), cancel: cancel}
+		d.byName[authority] = dst
+		go d.watch(ctx, authority, func(m *proxyv1.DestinationConfig) error {
+			dst.cfg.Store(newRoute(m))
+			dst.once.Do(func() { close(dst.first) })
+			return nil
+		})
+	}
+	d.mu.Unlock()
+	dst.lastUsed.Store(time.Now().UnixNano())
+	return dst
+}
+
+// wait returns the destination's current config, waiting up to timeout for the
+// first one; nil if none came.
+func (dst *destination) wait(ctx context.Context, timeout time.Duration) *route {
+	if r := dst.cfg.Load(); r != nil {
+		return r
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-dst.first:
+		return dst.cfg.Load()
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// sweep drops destinations unused for longer than the idle time, so the sidecar
+// holds only what its app calls.
+func (d *destinations) sweep(now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for name, dst := range d.byName {
+		if now.Sub(time.Unix(0, dst.lastUsed.Load())) > d.idle {
+			dst.cancel()
+			delete(d.byName, name)
+		}
+	}
+}
+
+// snapshot returns the current configs by authority, for /config.
+func (d *destinations) snapshot() map[string]*proxyv1.DestinationConfig {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[string]*proxyv1.DestinationConfig, len(d.byName))
+	for name, dst := range d.byName {
+		if r := dst.cfg.Load(); r != nil {
+			out[name] = r.msg
+		} else {
+			out[name] = nil
+		}
+	}
+	return out
+}

@@ -1,0 +1,179 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/telemetry"
+	"github.com/trellis-mesh/trellis/internal/spiffe"
+)
+
+// handshakeTimeout bounds a peer's TLS handshake on the inbound listener.
+const handshakeTimeout = 10 * time.Second
+
+// tlsAcceptor completes TLS handshakes off the accept loop, counts refused
+// connections by reason, hands HTTP connections to an http.Server through Accept
+// and serves TCP tunnels itself.
+type tlsAcceptor struct {
+	ln    net.Listener
+	conf  *tls.Config
+	p     *Proxy
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newTLSAcceptor(ln net.Listener, conf *tls.Config, p *Proxy) *tlsAcceptor {
+	conf = conf.Clone()
+	conf.NextProtos = []string{"http/1.1", alpnTCP}
+	return &tlsAcceptor{ln: ln, conf: conf, p: p, conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (a *tlsAcceptor) run() {
+	for {
+		c, err := a.ln.Accept()
+		if err != nil {
+			a.Close()
+			return
+		}
+		go a.handshake(c)
+	}
+}
+
+func (a *tlsAcceptor) handshake(c net.Conn) {
+	tc := tls.Server(c, a.conf)
+	tc.SetDeadline(time.Now().Add(handshakeTimeout))
+	if err := tc.Handshake(); err != nil {
+		a.p.metrics.Refused("inbound", spiffe.HandshakeReason(err))
+		a.p.log.Debug("inbound handshake refused", "remote", c.RemoteAddr().String(), "reason", spiffe.HandshakeReason(err), "err", err)
+		c.Close()
+		return
+	}
+	tc.SetDeadline(time.Time{})
+	if tc.ConnectionState().NegotiatedProtocol == alpnTCP {
+		a.p.serveInboundTCP(tc)
+		return
+	}
+	select {
+	case a.conns <- tc:
+	case <-a.done:
+		c.Close()
+	}
+}
+
+func (a *tlsAcceptor) Accept() (net.Conn, error) {
+	select {
+	case c := <-a.conns:
+		return c, nil
+	case <-a.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (a *tlsAcceptor) Close() error {
+	a.once.Do(func() {
+		close(a.done)
+		a.ln.Close()
+	})
+	return nil
+}
+
+func (a *tlsAcceptor) Addr() net.Addr { return a.ln.Addr() }
+
+// serveInbound authorizes a peer's request and forwards it to the app.
+func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	l := telemetry.Labels{Direction: "inbound", TLS: "true", Route: ""}
+	e := telemetry.Entry{Direction: "inbound", Method: r.Method, Protocol: r.Proto, Authority: r.Host, Path: r.URL.Path, UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Request-Id")}
+	pol := p.policy.Load()
+	if pol != nil {
+		l.DestinationWorkload, l.DestinationNamespace = pol.msg.GetWorkload(), pol.msg.GetNamespace()
+		e.DestinationWorkload = pol.msg.GetWorkload()
+	}
+	src := ""
+	if r.TLS != nil {
+		if id, err := spiffe.PeerID(*r.TLS); err == nil {
+			src = id.String()
+			l.SourceNamespace, l.SourceWorkload = id.Namespace, id.Account
+		}
+	}
+	e.Source = src
+	status, reason, n, route := p.inbound(w, r, pol, src)
+	l.ResponseCode, l.Reason, l.Route = statusText(status), reason, route
+	d := time.Since(start)
+	p.metrics.Request(l, d)
+	if p.access != nil {
+		e.Time, e.Status, e.Duration, e.BytesSent, e.Reason, e.Route = start, status, d, n, reason, route
+		p.access.Log(&e)
+	}
+}
+
+func (p *Proxy) inbound(w http.ResponseWriter, r *http.Request, pol *policy, src string) (int, string, int64, string) {
+	if pol == nil {
+		refuse(w, http.StatusServiceUnavailable, ReasonNotReady, "the sidecar has no inbound policy from the control plane yet")
+		return http.StatusServiceUnavailable, ReasonNotReady, 0, ""
+	}
+	ok, rule := pol.allowHTTP(src, r)
+	if !ok {
+		refuse(w, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s may not call %s: no TrafficTarget allows %s %s", src, pol.msg.GetIdentity(), r.Method, r.URL.Path))
+		return http.StatusForbidden, ReasonDenied, 0, ""
+	}
+	if p.opts.AppAddr == "" {
+		refuse(w, http.StatusServiceUnavailable, ReasonAppUnreachable, "this workload's app serves nothing")
+		return http.StatusServiceUnavailable, ReasonAppUnreachable, 0, rule
+	}
+	out := r.Clone(r.Context())
+	out.RequestURI = ""
+	out.URL.Scheme = "http"
+	out.URL.Host = p.opts.AppAddr
+	removeHopHeaders(out.Header)
+	resp, err := p.app.RoundTrip(out)
+	if err != nil {
+		refuse(w, http.StatusServiceUnavailable, ReasonAppUnreachable, fmt.Sprintf("app at %s: %v", p.opts.AppAddr, err))
+		return http.StatusServiceUnavailable, ReasonAppUnreachable, 0, rule
+	}
+	st, n := copyResponse(w, resp)
+	return st, "", n, rule
+}
+
+// serveInboundTCP authorizes a peer's TCP tunnel and splices it to the app.
+func (p *Proxy) serveInboundTCP(tc *tls.Conn) {
+	id, err := spiffe.PeerID(tc.ConnectionState())
+	src := ""
+	if err == nil {
+		src = id.String()
+	}
+	l := telemetry.Labels{Direction: "inbound", TLS: "true", SourceNamespace: id.Namespace, SourceWorkload: id.Account}
+	pol := p.policy.Load()
+	if pol != nil {
+		l.DestinationWorkload, l.DestinationNamespace = pol.msg.GetWorkload(), pol.msg.GetNamespace()
+	}
+	_, portStr, _ := net.SplitHostPort(p.opts.AppAddr)
+	port, _ := strconv.Atoi(portStr)
+	if pol == nil {
+		p.metrics.Refused("inbound", ReasonNotReady)
+		tc.Close()
+		return
+	}
+	if ok, _ := pol.allowTCP(src, port); !ok {
+		p.metrics.Refused("inbound", ReasonDenied)
+		p.log.Info("tcp connection denied", "source", src, "destination", pol.msg.GetIdentity())
+		tc.Close()
+		return
+	}
+	app, err := net.DialTimeout("tcp", p.opts.AppAddr, 2*time.Second)
+	if err != nil {
+		p.metrics.Refused("inbound", ReasonAppUnreachable)
+		tc.Close()
+		return
+	}
+	p.metrics.ConnOpened(l)
+	sent := pipe(tc, app)
+	p.metrics.TCP(l, sent, 0)
+	p.metrics.ConnClosed(l)
+}

@@ -1,0 +1,349 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	proxyv1 "github.com/trellis-mesh/trellis/api/proxy/v1"
+	"github.com/trellis-mesh/trellis/internal/proxy/telemetry"
+	"github.com/trellis-mesh/trellis/internal/spiffe"
+)
+
+// Reasons the sidecar gives for responses it makes itself. Each one appears in the
+// x-trellis-reason header, the access log and the reason label of the metrics.
+const (
+	ReasonDenied              = "denied"
+	ReasonNoEndpoints         = "no_endpoints"
+	ReasonUpstreamUnreachable = "upstream_unreachable"
+	ReasonIdentityMismatch    = "identity_mismatch"
+	ReasonUnknownDestination  = "unknown_destination"
+	ReasonEgressDenied        = "egress_denied"
+	ReasonNoConfig            = "no_config"
+	ReasonNotReady            = "not_ready"
+	ReasonAppUnreachable      = "app_unreachable"
+	ReasonBadRequest          = "bad_request"
+	ReasonTimeout             = "timeout"
+)
+
+// ReasonHeader names the cause of a response the sidecar made itself.
+const ReasonHeader = "X-Trellis-Reason"
+
+// alpnTCP asks the peer sidecar for an opaque TCP tunnel instead of HTTP.
+const alpnTCP = "trellis-tcp/1"
+
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+func removeHopHeaders(h http.Header) {
+	for _, f := range h.Values("Connection") {
+		for _, name := range strings.Split(f, ",") {
+			h.Del(strings.TrimSpace(name))
+		}
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// refuse writes a response the sidecar makes itself, naming why.
+func refuse(w http.ResponseWriter, code int, reason, msg string) {
+	h := w.Header()
+	h.Set(ReasonHeader, reason)
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	io.WriteString(w, "trellis: "+reason+": "+msg+"\n")
+}
+
+// hostPort adds the default port to an authority without one.
+func hostPort(authority, port string) string {
+	if _, _, err := net.SplitHostPort(authority); err == nil {
+		return authority
+	}
+	return net.JoinHostPort(strings.Trim(authority, "[]"), port)
+}
+
+// serveOutbound handles the app's requests: absolute-form HTTP and CONNECT.
+func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	e := telemetry.Entry{Direction: "outbound", Method: r.Method, Protocol: r.Proto, UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Request-Id")}
+	l := telemetry.Labels{Direction: "outbound", TLS: "true"}
+	if pol := p.policy.Load(); pol != nil {
+		l.SourceWorkload, l.SourceNamespace = pol.msg.GetWorkload(), pol.msg.GetNamespace()
+	}
+	e.Source = p.creds.ID().String()
+	status, reason, sent, route := p.outbound(w, r, &e, &l)
+	l.ResponseCode, l.Reason, l.Route = statusText(status), reason, route
+	d := time.Since(start)
+	p.metrics.Request(l, d)
+	if p.access != nil {
+		e.Time, e.Status, e.Duration, e.BytesSent, e.Reason, e.Route = start, status, d, sent, reason, route
+		p.access.Log(&e)
+	}
+}
+
+// outbound serves one request and says what happened.
+func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.Entry, l *telemetry.Labels) (status int, reason string, sent int64, route string) {
+	authority := r.Host
+	if r.Method != http.MethodConnect {
+		if !r.URL.IsAbs() {
+			refuse(w, http.StatusBadRequest, ReasonBadRequest, "this is the outbound proxy: send absolute-form requests (set HTTP_PROXY)")
+			return http.StatusBadRequest, ReasonBadRequest, 0, ""
+		}
+		if r.URL.Scheme != "http" {
+			refuse(w, http.StatusBadRequest, ReasonBadRequest, "only http:// URLs go through the proxy as requests; use CONNECT for TLS")
+			return http.StatusBadRequest, ReasonBadRequest, 0, ""
+		}
+		authority = r.URL.Host
+	}
+	authority = hostPort(authority, "80")
+	e.Authority, e.Path = authority, r.URL.Path
+
+	dst := p.dests.get(authority)
+	rt := dst.wait(r.Context(), p.opts.FirstConfigTimeout)
+	if rt == nil {
+		refuse(w, http.StatusServiceUnavailable, ReasonNoConfig, "no configuration for "+authority+" from the control plane yet")
+		return http.StatusServiceUnavailable, ReasonNoConfig, 0, ""
+	}
+	if !rt.msg.GetFound() {
+		pol := p.policy.Load()
+		if pol == nil || !pol.msg.GetEgress() {
+			refuse(w, http.StatusForbidden, ReasonEgressDenied, rt.msg.GetReason()+", and egress is disabled in the mesh config")
+			return http.StatusForbidden, ReasonEgressDenied, 0, ""
+		}
+		l.DestinationService = authority
+		return p.egress(w, r, authority)
+	}
+	l.DestinationService = rt.msg.GetService()
+	route = "default"
+	b := rt.pick()
+	if b == nil {
+		refuse(w, http.StatusServiceUnavailable, ReasonNoEndpoints, rt.msg.GetService()+" has no backend with a positive weight")
+		return http.StatusServiceUnavailable, ReasonNoEndpoints, 0, route
+	}
+	me := p.creds.ID().String()
+	if !b.allows(me) {
+		refuse(w, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s is not allowed to call %s: no TrafficTarget allows it", me, b.msg.GetName()))
+		return http.StatusForbidden, ReasonDenied, 0, route
+	}
+	ep := b.endpoint()
+	if ep == nil {
+		refuse(w, http.StatusServiceUnavailable, ReasonNoEndpoints, b.msg.GetName()+" has no ready endpoint")
+		return http.StatusServiceUnavailable, ReasonNoEndpoints, 0, route
+	}
+	l.DestinationWorkload, l.DestinationNamespace = ep.GetWorkload(), ep.GetNamespace()
+	e.DestinationService, e.DestinationWorkload, e.Upstream = rt.msg.GetService(), ep.GetWorkload(), ep.GetAddress()
+
+	if r.Method == http.MethodConnect {
+		st, rsn, n := p.tunnel(w, ep, b.msg.GetTimeouts())
+		return st, rsn, n, route
+	}
+	tr := p.upstream(ep, b.msg.GetTimeouts())
+	ctx := r.Context()
+	if d := b.msg.GetTimeouts().GetRequest().AsDuration(); d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	out := r.Clone(ctx)
+	out.RequestURI = ""
+	removeHopHeaders(out.Header)
+	resp, err := tr.RoundTrip(out)
+	if err != nil {
+		return p.upstreamError(w, err, ep, route)
+	}
+	st, n := copyResponse(w, resp)
+	return st, "", n, route
+}
+
+func (p *Proxy) upstreamError(w http.ResponseWriter, err error, ep *proxyv1.Endpoint, route string) (int, string, int64, string) {
+	var mismatch *spiffe.IdentityMismatchError
+	switch {
+	case errors.As(err, &mismatch):
+		refuse(w, http.StatusServiceUnavailable, ReasonIdentityMismatch, fmt.Sprintf("endpoint %s presented %s, not %s", ep.GetAddress(), mismatch.Got, mismatch.Want))
+		return http.StatusServiceUnavailable, ReasonIdentityMismatch, 0, route
+	case errors.Is(err, context.DeadlineExceeded):
+		refuse(w, http.StatusGatewayTimeout, ReasonTimeout, "the request timeout passed before "+ep.GetAddress()+" answered")
+		return http.StatusGatewayTimeout, ReasonTimeout, 0, route
+	}
+	refuse(w, http.StatusServiceUnavailable, ReasonUpstreamUnreachable, fmt.Sprintf("endpoint %s (%s): %v", ep.GetAddress(), ep.GetWorkload(), err))
+	return http.StatusServiceUnavailable, ReasonUpstreamUnreachable, 0, route
+}
+
+// copyResponse relays an upstream response; it returns the status and body bytes.
+func copyResponse(w http.ResponseWriter, resp *http.Response) (int, int64) {
+	defer resp.Body.Close()
+	removeHopHeaders(resp.Header)
+	h := w.Header()
+	for k, v := range resp.Header {
+		h[k] = v
+	}
+	w.WriteHeader(resp.StatusCode)
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	var dst io.Writer = w
+	if resp.ContentLength < 0 {
+		dst = flushWriter{w, http.NewResponseController(w)}
+	}
+	n, _ := io.CopyBuffer(dst, resp.Body, *bp)
+	return resp.StatusCode, n
+}
+
+type flushWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (f flushWriter) Write(b []byte) (int, error) {
+	n, err := f.w.Write(b)
+	if err == nil {
+		err = f.rc.Flush()
+	}
+	return n, err
+}
+
+// upstream returns the connection pool for one endpoint. Pools outlive config
+// changes, so a new config never drops an established connection.
+func (p *Proxy) upstream(ep *proxyv1.Endpoint, to *proxyv1.Timeouts) *http.Transport {
+	key := ep.GetAddress() + "|" + ep.GetIdentity()
+	p.upMu.Lock()
+	defer p.upMu.Unlock()
+	if tr, ok := p.upstreams[key]; ok {
+		return tr
+	}
+	// The request URL names the service, never a host to resolve: every
+	// connection goes to this endpoint, over mTLS made here. (DialContext, not
+	// DialTLSContext: the URLs are http://, and the TLS is ours, not the URL's.)
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return p.dialPeer(ctx, ep, to, "http/1.1")
+		},
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     to.GetIdle().AsDuration(),
+		ForceAttemptHTTP2:   false,
+	}
+	p.upstreams[key] = tr
+	return tr
+}
+
+// dialPeer opens an mTLS connection to a peer sidecar and checks that it presents
+// the identity discovery promised.
+func (p *Proxy) dialPeer(ctx context.Context, ep *proxyv1.Endpoint, to *proxyv1.Timeouts, alpn string) (*tls.Conn, error) {
+	d := net.Dialer{Timeout: to.GetConnect().AsDuration(), KeepAlive: 30 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", ep.GetAddress())
+	if err != nil {
+		return nil, err
+	}
+	conf := spiffe.ClientTLS(p.creds, ep.GetIdentity())
+	conf.NextProtos = []string{alpn}
+	tc := tls.Client(c, conf)
+	hctx, cancel := context.WithTimeout(ctx, to.GetConnect().AsDuration())
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+// tunnel serves CONNECT to a mesh destination as an opaque TCP stream over mTLS.
+func (p *Proxy) tunnel(w http.ResponseWriter, ep *proxyv1.Endpoint, to *proxyv1.Timeouts) (int, string, int64) {
+	up, err := p.dialPeer(context.Background(), ep, to, alpnTCP)
+	if err != nil {
+		st, rsn, n, _ := p.upstreamError(w, err, ep, "")
+		return st, rsn, n
+	}
+	return p.splice(w, up)
+}
+
+// egress forwards a request for a destination outside the mesh, as is.
+func (p *Proxy) egress(w http.ResponseWriter, r *http.Request, authority string) (int, string, int64, string) {
+	if r.Method == http.MethodConnect {
+		up, err := net.DialTimeout("tcp", authority, 5*time.Second)
+		if err != nil {
+			refuse(w, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
+			return http.StatusBadGateway, ReasonUpstreamUnreachable, 0, ""
+		}
+		st, rsn, n := p.splice(w, up)
+		return st, rsn, n, ""
+	}
+	out := r.Clone(r.Context())
+	out.RequestURI = ""
+	removeHopHeaders(out.Header)
+	resp, err := p.app.RoundTrip(out)
+	if err != nil {
+		refuse(w, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
+		return http.StatusBadGateway, ReasonUpstreamUnreachable, 0, ""
+	}
+	st, n := copyResponse(w, resp)
+	return st, "", n, ""
+}
+
+// splice answers a CONNECT with 200 and copies bytes both ways until both sides close.
+func (p *Proxy) splice(w http.ResponseWriter, up net.Conn) (int, string, int64) {
+	rc := http.NewResponseController(w)
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		up.Close()
+		return http.StatusOK, "", 0
+	}
+	down, brw, err := rc.Hijack()
+	if err != nil {
+		up.Close()
+		return http.StatusOK, "", 0
+	}
+	// Bytes the client sent after the CONNECT request, already buffered.
+	if n := brw.Reader.Buffered(); n > 0 {
+		b, _ := brw.Reader.Peek(n)
+		up.Write(b)
+	}
+	n := pipe(down, up)
+	return http.StatusOK, "", n
+}
+
+// pipe copies both ways, half-closing as each side finishes; it returns the bytes
+// sent towards a.
+func pipe(a, b net.Conn) int64 {
+	var toA int64
+	done := make(chan struct{})
+	go func() {
+		toA, _ = io.Copy(a, b)
+		closeWrite(a)
+		close(done)
+	}()
+	io.Copy(b, a)
+	closeWrite(b)
+	<-done
+	a.Close()
+	b.Close()
+	return toA
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+}
+
+var statusTexts = func() (m [600]string) {
+	for i := range m {
+		m[i] = fmt.Sprint(i)
+	}
+	return
+}()
+
+func statusText(code int) string {
+	if code >= 0 && code < len(statusTexts) {
+		return statusTexts[code]
+	}
+	return fmt.Sprint(code)
+}

@@ -1,0 +1,279 @@
+// Package proxy is the Trellis sidecar runtime: the outbound listener the app
+// reaches as its HTTP proxy, the inbound mTLS listener that authorizes callers by
+// SPIFFE ID and forwards to the app, and the admin listener (/ready, /live,
+// /config, /metrics). It applies whole configs from the control plane atomically
+// and keeps serving with the last one when the control plane is away. Only the
+// trellis-proxy binary imports it; it never imports client-go or control-plane
+// packages.
+package proxy
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	proxyv1 "github.com/trellis-mesh/trellis/api/proxy/v1"
+	"github.com/trellis-mesh/trellis/internal/proxy/control"
+	"github.com/trellis-mesh/trellis/internal/proxy/telemetry"
+	"github.com/trellis-mesh/trellis/internal/spiffe"
+)
+
+// TokenEnv is the environment variable that carries the join token, so that it
+// never shows in a process listing.
+const TokenEnv = "TRELLIS_JOIN_TOKEN"
+
+// Options configure a sidecar.
+type Options struct {
+	ControlPlane string // host:port of the control plane's gRPC endpoint
+	CAFile       string // PEM roots that verify the control plane
+	Credential   string // join token or service-account token
+	WorkloadID   string // as registered
+
+	InboundAddr  string // mTLS listener for peers; default 127.0.0.1:15003
+	OutboundAddr string // the app's HTTP proxy; default 127.0.0.1:15001
+	AdminAddr    string // /ready, /config, /metrics; default 127.0.0.1:15000
+	AppAddr      string // where the app listens, host:port; empty: the app serves nothing
+
+	// DrainTimeout bounds how long in-flight requests may finish at shutdown; default 10s.
+	DrainTimeout time.Duration
+	// IdleTimeout drops a destination's watch when unused this long; default 5m.
+	IdleTimeout time.Duration
+	// FirstConfigTimeout bounds the wait for a destination's first config; default 3s.
+	FirstConfigTimeout time.Duration
+
+	AccessLog io.Writer // JSON lines; nil: none
+	Logger    *slog.Logger
+}
+
+// Run parses args as trellis-proxy's flags and runs the sidecar until ctx ends.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("trellis-proxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o Options
+	fs.StringVar(&o.ControlPlane, "control-plane", "127.0.0.1:15128", "control plane gRPC `address`")
+	fs.StringVar(&o.CAFile, "ca-file", "", "PEM `file` of the roots that verify the control plane (required)")
+	fs.StringVar(&o.WorkloadID, "workload-id", "", "registered workload `id` (required)")
+	fs.StringVar(&o.InboundAddr, "inbound", "127.0.0.1:15003", "inbound mTLS listen `address`")
+	fs.StringVar(&o.OutboundAddr, "outbound", "127.0.0.1:15001", "outbound (app's HTTP proxy) listen `address`")
+	fs.StringVar(&o.AdminAddr, "admin", "127.0.0.1:15000", "admin listen `address`")
+	fs.StringVar(&o.AppAddr, "app", "", "the app's `address`, host:port (empty: the app serves nothing)")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 10*time.Second, "how long in-flight requests may finish at shutdown")
+	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 5*time.Minute, "drop a destination's watch when unused this long")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	accessLog := fs.Bool("access-log", true, "write JSON access log lines to stdout")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: trellis-proxy [flags]\n\nThe Trellis sidecar. The join token is read from $%s.\n\nExample:\n  %s=... trellis-proxy --ca-file ca.pem --workload-id bookstore/bookstore-v1-1a2b3c --app 127.0.0.1:14001\n\nFlags:\n", TokenEnv, TokenEnv)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	o.Credential = os.Getenv(TokenEnv)
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	o.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	if *accessLog {
+		o.AccessLog = stdout
+	}
+	p, err := New(o)
+	if err != nil {
+		return err
+	}
+	return p.Run(ctx)
+}
+
+// Proxy is one sidecar.
+type Proxy struct {
+	opts    Options
+	creds   *spiffe.Credentials
+	client  *control.Client
+	metrics *telemetry.Metrics
+	access  *telemetry.AccessLog
+	log     *slog.Logger
+
+	policy   atomic.Pointer[policy]
+	dests    *destinations
+	draining atomic.Bool
+	ready    atomic.Bool
+
+	upMu      sync.Mutex
+	upstreams map[string]*http.Transport // by endpoint address + identity
+	app       *http.Transport
+
+	// bound addresses, known once listening
+	Inbound, Outbound, Admin net.Addr
+	listening                chan struct{}
+}
+
+// New checks the options and makes a sidecar; Run starts it.
+func New(o Options) (*Proxy, error) {
+	if o.CAFile == "" {
+		return nil, errors.New("--ca-file is required: the control plane's CA bundle (ca.pem in the state directory)")
+	}
+	if o.WorkloadID == "" {
+		return nil, errors.New("--workload-id is required: the ID `trellis run` registered")
+	}
+	if o.Credential == "" {
+		return nil, fmt.Errorf("no join token: set $%s", TokenEnv)
+	}
+	pem, err := os.ReadFile(o.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-file: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", o.CAFile)
+	}
+	if o.DrainTimeout == 0 {
+		o.DrainTimeout = 10 * time.Second
+	}
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = 5 * time.Minute
+	}
+	if o.FirstConfigTimeout == 0 {
+		o.FirstConfigTimeout = 3 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	creds := &spiffe.Credentials{}
+	p := &Proxy{
+		opts:      o,
+		creds:     creds,
+		metrics:   telemetry.NewMetrics(),
+		log:       o.Logger,
+		upstreams: map[string]*http.Transport{},
+		listening: make(chan struct{}),
+		app: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     60 * time.Second,
+		},
+	}
+	if o.AccessLog != nil {
+		p.access = telemetry.NewAccessLog(o.AccessLog)
+	}
+	p.client = control.New(control.Config{
+		Address:     o.ControlPlane,
+		Roots:       roots,
+		Credential:  o.Credential,
+		WorkloadID:  o.WorkloadID,
+		Credentials: creds,
+		Logger:      o.Logger,
+	})
+	return p, nil
+}
+
+// Listening is closed once every listener is bound.
+func (p *Proxy) Listening() <-chan struct{} { return p.listening }
+
+// Run certifies, starts the listeners and serves until ctx ends, then drains.
+func (p *Proxy) Run(ctx context.Context) error {
+	start := time.Now()
+	inLn, err := net.Listen("tcp", p.opts.InboundAddr)
+	if err != nil {
+		return fmt.Errorf("inbound listener: %w", err)
+	}
+	outLn, err := net.Listen("tcp", p.opts.OutboundAddr)
+	if err != nil {
+		inLn.Close()
+		return fmt.Errorf("outbound listener: %w", err)
+	}
+	admLn, err := net.Listen("tcp", p.opts.AdminAddr)
+	if err != nil {
+		inLn.Close()
+		outLn.Close()
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	p.Inbound, p.Outbound, p.Admin = inLn.Addr(), outLn.Addr(), admLn.Addr()
+	close(p.listening)
+
+	admin := &http.Server{Handler: p.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go admin.Serve(admLn)
+	defer admin.Close()
+
+	// Watches and renewal live until the sidecar has drained.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+
+	if err := p.client.CertifyUntilDone(ctx); err != nil {
+		inLn.Close()
+		outLn.Close()
+		return err
+	}
+	go p.client.Renew(bg)
+	policyReady := make(chan struct{})
+	var once sync.Once
+	go p.client.WatchInbound(bg, func(m *proxyv1.InboundConfig) error {
+		pol, err := newPolicy(m)
+		if err != nil {
+			return err
+		}
+		p.policy.Store(pol)
+		once.Do(func() { close(policyReady) })
+		return nil
+	})
+	p.dests = newDestinations(bg, p.opts.IdleTimeout, p.client.WatchDestination)
+	go p.sweepLoop(bg)
+
+	inbound := &http.Server{Handler: http.HandlerFunc(p.serveInbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	outbound := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	acc := newTLSAcceptor(inLn, spiffe.ServerTLS(p.creds), p)
+	go acc.run()
+	go inbound.Serve(acc)
+	go outbound.Serve(outLn)
+
+	select {
+	case <-policyReady:
+		p.ready.Store(true)
+		p.log.Info("ready", "inbound", p.Inbound.String(), "outbound", p.Outbound.String(), "admin", p.Admin.String(),
+			"identity", p.creds.ID().String(), "start_to_ready", time.Since(start).String())
+	case <-ctx.Done():
+	}
+	<-ctx.Done()
+
+	// Drain: stop being ready, let in-flight requests finish (bounded), exit.
+	p.draining.Store(true)
+	p.log.Info("draining", "timeout", p.opts.DrainTimeout.String())
+	dctx, cancel := context.WithTimeout(context.Background(), p.opts.DrainTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, s := range []*http.Server{inbound, outbound} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Shutdown(dctx); err != nil {
+				s.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	acc.Close()
+	p.log.Info("stopped")
+	return nil
+}
+
+func (p *Proxy) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(p.opts.IdleTimeout / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			p.dests.sweep(now)
+		}
+	}
+}

@@ -1,0 +1,130 @@
+package translate
+
+import (
+	"net/netip"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/trellis-mesh/trellis/api/osm"
+	"github.com/trellis-mesh/trellis/internal/model"
+)
+
+// Fields of a MeshConfig that Trellis acts on.
+const (
+	fieldPermissive = "spec.traffic.enablePermissiveTrafficPolicyMode"
+	fieldEgress     = "spec.traffic.enableEgress"
+)
+
+// v1alpha2OnlyFields are MeshConfig spec fields that v1alpha1 lacks.
+func v1alpha2OnlyFields() []string {
+	return []string{
+		"spec.sidecar.tlsMinProtocolVersion",
+		"spec.sidecar.tlsMaxProtocolVersion",
+		"spec.sidecar.cipherSuites",
+		"spec.sidecar.ecdhCurves",
+		"spec.sidecar.localProxyMode",
+		"spec.traffic.outboundIPRangeInclusionList",
+		"spec.traffic.networkInterfaceExclusionList",
+	}
+}
+
+// meshConfig reads a MeshConfig of either version into mesh settings, with OSM's
+// defaults for what it leaves unset, and warns about each set field that
+// Trellis does not act on.
+func meshConfig(c *check, r Resource) model.MeshSettings {
+	var in osm.MeshConfig
+	m, ok := decodeStrict(c, r, &in)
+	if !ok {
+		return model.MeshSettings{}
+	}
+	var set []string
+	setFields(m["spec"], reflect.TypeFor[osm.MeshConfigSpec](), "spec", &set)
+	if r.APIVersion == osm.ConfigAPIVersionV1alpha1 {
+		for _, f := range set {
+			if slices.Contains(v1alpha2OnlyFields(), f) {
+				c.errorf(f, "unknown field %q: remove it or check the apiVersion (the field is in %s, not %s)", f[strings.LastIndexByte(f, '.')+1:], osm.ConfigAPIVersion, r.APIVersion)
+			}
+		}
+	}
+	s := in.Spec
+	oneOf(c, "spec.sidecar.logLevel", s.Sidecar.LogLevel, "trace", "debug", "info", "warning", "warn", "error", "critical", "off")
+	tls := []string{"TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"}
+	oneOf(c, "spec.sidecar.tlsMinProtocolVersion", s.Sidecar.TLSMinProtocolVersion, tls...)
+	oneOf(c, "spec.sidecar.tlsMaxProtocolVersion", s.Sidecar.TLSMaxProtocolVersion, tls...)
+	oneOf(c, "spec.sidecar.localProxyMode", s.Sidecar.LocalProxyMode, "Localhost", "PodIP")
+	if s.Sidecar.MaxDataPlaneConnections < 0 {
+		c.errorf("spec.sidecar.maxDataPlaneConnections", "%d is negative: use 0 for no limit", s.Sidecar.MaxDataPlaneConnections)
+	}
+	duration(c, "spec.sidecar.configResyncInterval", s.Sidecar.ConfigResyncInterval)
+	duration(c, "spec.traffic.inboundExternalAuthorization.timeout", s.Traffic.InboundExternalAuthorization.Timeout)
+	duration(c, "spec.certificate.serviceCertValidityDuration", s.Certificate.ServiceCertValidityDuration)
+	if g := s.Certificate.IngressGateway; g != nil {
+		duration(c, "spec.certificate.ingressGateway.validityDuration", g.ValidityDuration)
+	}
+	cidrs(c, "spec.traffic.outboundIPRangeExclusionList", s.Traffic.OutboundIPRangeExclusionList)
+	cidrs(c, "spec.traffic.outboundIPRangeInclusionList", s.Traffic.OutboundIPRangeInclusionList)
+	ports(c, "spec.traffic.outboundPortExclusionList", s.Traffic.OutboundPortExclusionList)
+	ports(c, "spec.traffic.inboundPortExclusionList", s.Traffic.InboundPortExclusionList)
+	if p := s.Traffic.InboundExternalAuthorization.Port; p != 0 {
+		port(c, "spec.traffic.inboundExternalAuthorization.port", p)
+	}
+	if p := s.Observability.Tracing.Port; p != 0 {
+		port(c, "spec.observability.tracing.port", p)
+	}
+	for _, f := range set {
+		if f != fieldPermissive && f != fieldEgress {
+			c.warnf(f, NotUsedYet)
+		}
+	}
+	return model.MeshSettings{
+		TrustDomain: model.DefaultTrustDomain,
+		Permissive:  boolOr(s.Traffic.EnablePermissiveTrafficPolicyMode, true),
+		Egress:      boolOr(s.Traffic.EnableEgress, true),
+		Source:      "MeshConfig " + r.Namespace + "/" + r.Name,
+	}
+}
+
+func boolOr(b *bool, def bool) bool {
+	if b == nil {
+		return def
+	}
+	return *b
+}
+
+func oneOf(c *check, field, v string, allowed ...string) {
+	if v != "" && !slices.Contains(allowed, v) {
+		c.errorf(field, "%q is not one of %s: use one of them", v, strings.Join(allowed, ", "))
+	}
+}
+
+func duration(c *check, field, v string) {
+	if v == "" {
+		return
+	}
+	if _, err := time.ParseDuration(v); err != nil {
+		c.errorf(field, "%q is not a duration: write one such as 30s, 5m or 24h", v)
+	}
+}
+
+func cidrs(c *check, field string, vs []string) {
+	for i, v := range vs {
+		if _, err := netip.ParsePrefix(v); err != nil {
+			c.errorf(field+"["+strconv.Itoa(i)+"]", "%q is not an IP range in CIDR form: write one such as 10.0.0.0/8", v)
+		}
+	}
+}
+
+func ports(c *check, field string, ps []int) {
+	for i, p := range ps {
+		port(c, field+"["+strconv.Itoa(i)+"]", p)
+	}
+}
+
+func port(c *check, field string, p int) {
+	if p < 1 || p > 65535 {
+		c.errorf(field, "port %d is not from 1 to 65535: fix it", p)
+	}
+}
