@@ -16,6 +16,7 @@ import (
 func TestDemo(t *testing.T) {
 	state := t.TempDir()
 	p := start(t, state, "demo", "--duration", "30s", "-o", "json")
+	dumpLogsOnFailure(t, state)
 	p.wait(t, 2*time.Minute)
 	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("trellis demo exit code %d, want 0; stderr:\n%s\nstdout:\n%s", code, p.errb.String(), p.out.String())
@@ -62,16 +63,21 @@ type clientStats struct {
 
 func getStats(t *testing.T, url string) clientStats {
 	t.Helper()
-	resp, err := http.Get(url + "/stats")
+	s, err := tryStats(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var s clientStats
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		t.Fatal(err)
-	}
 	return s
+}
+
+func tryStats(url string) (clientStats, error) {
+	var s clientStats
+	resp, err := http.Get(url + "/stats")
+	if err != nil {
+		return s, err
+	}
+	defer resp.Body.Close()
+	return s, json.NewDecoder(resp.Body).Decode(&s)
 }
 
 // runningDemo starts the demo without a duration and returns bookbuyer's URL once
@@ -79,6 +85,7 @@ func getStats(t *testing.T, url string) clientStats {
 func runningDemo(t *testing.T, state string) (*proc, map[string]string) {
 	t.Helper()
 	p := start(t, state, "demo")
+	dumpLogsOnFailure(t, state)
 	var info struct {
 		Clients map[string]string `json:"clients"`
 	}
@@ -91,7 +98,10 @@ func runningDemo(t *testing.T, state string) (*proc, map[string]string) {
 		b, err := os.ReadFile(filepath.Join(state, "demo.json"))
 		return err == nil && json.Unmarshal(b, &info) == nil
 	})
-	waitFor(t, 30*time.Second, "bookbuyer to be served", func() bool { return getStats(t, info.Clients["bookbuyer"]).OK > 20 })
+	waitFor(t, 30*time.Second, "bookbuyer to be served", func() bool {
+		s, err := tryStats(info.Clients["bookbuyer"])
+		return err == nil && s.OK > 20
+	})
 	return p, info.Clients
 }
 

@@ -154,3 +154,22 @@ func noLeftovers(t *testing.T) {
 		return true
 	})
 }
+
+// dumpLogsOnFailure prints the tail of every log in the state directory when the
+// test fails, so that a failure in CI can be read without the machine.
+func dumpLogsOnFailure(t *testing.T, state string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		files, _ := filepath.Glob(filepath.Join(state, "logs", "*.log"))
+		for _, f := range files {
+			b, _ := os.ReadFile(f)
+			lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+			if len(lines) > 15 {
+				lines = lines[len(lines)-15:]
+			}
+			t.Logf("--- %s (last %d lines)\n%s", filepath.Base(f), len(lines), strings.Join(lines, "\n"))
+		}
+	})
+}
