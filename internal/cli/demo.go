@@ -65,15 +65,7 @@ type DemoInfo struct {
 }
 
 // clientStats is what bookbuyer and bookthief serve at /stats.
-type clientStats struct {
-	App      string           `json:"app"`
-	Total    int64            `json:"total"`
-	OK       int64            `json:"ok"`
-	Denied   int64            `json:"denied"`
-	Failed   int64            `json:"failed"`
-	Reasons  map[string]int64 `json:"reasons"`
-	ServedBy map[string]int64 `json:"served_by"`
-}
+type clientStats = bookstore.ClientStats
 
 // DemoSummary is the demo's final report.
 type DemoSummary struct {

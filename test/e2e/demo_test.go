@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -178,5 +179,39 @@ func TestStatAgrees(t *testing.T) {
 	ok := float64(buyer.OK)
 	if served == 0 || ok == 0 || served/ok < 0.95 || served/ok > 1.05 {
 		t.Errorf("trellis stat: bookstore v1+v2 served %.0f requests successfully; bookbuyer counted %.0f answered 2xx; want within 5%%\n%s", served, ok, out)
+	}
+}
+
+// TestDemoCtrlC interrupts a running demo as a terminal's Ctrl-C does (SIGINT to
+// its process group) and checks that it exits 0 and leaves no process behind.
+func TestDemoCtrlC(t *testing.T) {
+	state := t.TempDir()
+	p, _ := runningDemo(t, state)
+	if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	p.wait(t, 40*time.Second)
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit code after Ctrl-C = %d, want 0; stderr:\n%s", code, p.errb.String())
+	}
+	if !strings.Contains(p.out.String(), "trellis demo: final") {
+		t.Errorf("no final summary after Ctrl-C; stdout:\n%s", p.out.String())
+	}
+	noLeftovers(t)
+}
+
+// TestDemoPermissive checks that --permissive lets every meshed identity call:
+// bookthief is served too.
+func TestDemoPermissive(t *testing.T) {
+	state := t.TempDir()
+	p := start(t, state, "demo", "--permissive", "--duration", "8s", "-o", "json")
+	dumpLogsOnFailure(t, state)
+	p.wait(t, time.Minute)
+	s := parseSummary(t, p.out.String())
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 || !s.Passed || s.Mode != "permissive" {
+		t.Fatalf("exit %d, passed=%v, mode=%q; want 0, true, permissive; stderr:\n%s", code, s.Passed, s.Mode, p.errb.String())
+	}
+	if th := s.Clients["bookthief"]; th.Total == 0 || th.OK != th.Total {
+		t.Errorf("bookthief in permissive mode: %d of %d served, want all", th.OK, th.Total)
 	}
 }

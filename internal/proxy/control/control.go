@@ -263,11 +263,17 @@ func (c *Client) backoff() *backoff {
 
 func (b *backoff) reset() { b.cur = b.min }
 
-// wait sleeps the current delay with ±50% jitter and doubles it; false if ctx ended.
-func (b *backoff) wait(ctx context.Context) bool {
+// next returns the current delay with ±50% jitter, in [cur/2, 3cur/2), and
+// doubles the current delay up to the maximum.
+func (b *backoff) next() time.Duration {
 	d := b.cur/2 + rand.N(b.cur)
 	b.cur = min(b.cur*2, b.max)
-	t := time.NewTimer(d)
+	return d
+}
+
+// wait sleeps the next delay; false if ctx ended first.
+func (b *backoff) wait(ctx context.Context) bool {
+	t := time.NewTimer(b.next())
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
