@@ -155,15 +155,9 @@ func (o *getOptions) run(ctx context.Context, w io.Writer, kind string) error {
 	}
 	switch strings.ToLower(kind) {
 	case "workloads", "workload", "wl":
-		ws, err := c.Workloads(ctx)
+		keep, err := workloadsIn(ctx, c, o.namespace)
 		if err != nil {
 			return err
-		}
-		var keep []local.WorkloadStatus
-		for _, wl := range ws {
-			if o.namespace == "" || wl.Identity.Namespace == o.namespace {
-				keep = append(keep, wl)
-			}
 		}
 		return output(w, o.output, keep, func() error {
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -278,4 +272,20 @@ func (o *deleteOptions) run(ctx context.Context, stdin io.Reader, w io.Writer, a
 		printResult(w, res)
 	}
 	return nil
+}
+
+// workloadsIn lists the registered workloads in namespace ns, or in all
+// namespaces when ns is empty.
+func workloadsIn(ctx context.Context, c *controlplane.Client, ns string) ([]local.WorkloadStatus, error) {
+	ws, err := c.Workloads(ctx)
+	if err != nil {
+		return nil, err
+	}
+	keep := ws[:0]
+	for _, wl := range ws {
+		if ns == "" || wl.Identity.Namespace == ns {
+			keep = append(keep, wl)
+		}
+	}
+	return keep, nil
 }

@@ -49,17 +49,13 @@ func (o *statOptions) run(ctx context.Context, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ws, err := c.Workloads(ctx)
+	keep, err := workloadsIn(ctx, c, o.namespace)
 	if err != nil {
 		return err
 	}
-	var keep []local.WorkloadStatus
 	who := map[string]stat.WorkloadRef{}
-	for _, wl := range ws {
-		if o.namespace == "" || wl.Identity.Namespace == o.namespace {
-			keep = append(keep, wl)
-			who[wl.ID] = stat.WorkloadRef{Namespace: wl.Identity.Namespace, Name: wl.Name}
-		}
+	for _, wl := range keep {
+		who[wl.ID] = stat.WorkloadRef{Namespace: wl.Identity.Namespace, Name: wl.Name}
 	}
 	hc := &http.Client{Timeout: 5 * time.Second}
 	before := scrapeAll(hc, keep)

@@ -93,12 +93,12 @@ func TestAllowHTTPBookstore(t *testing.T) {
 
 func TestAllowHTTPRuleShapes(t *testing.T) {
 	tests := []struct {
-		name     string
-		rule     *proxyv1.HTTPRule
-		method   string
-		host     string
-		headers  http.Header
-		wantOK   bool
+		name    string
+		rule    *proxyv1.HTTPRule
+		method  string
+		host    string
+		headers http.Header
+		wantOK  bool
 	}{
 		{name: "no path, no methods: anything", rule: &proxyv1.HTTPRule{Name: "any"}, method: "DELETE", wantOK: true},
 		{name: "method wildcard", rule: &proxyv1.HTTPRule{Name: "any", Methods: []string{"GET", "*"}}, method: "PATCH", wantOK: true},
@@ -188,17 +188,5 @@ func TestAllowTCP(t *testing.T) {
 				t.Errorf("allowTCP(%q, %d) = %v, %q; want %v, %q", tt.source, tt.port, ok, rule, tt.wantOK, tt.wantRule)
 			}
 		})
-	}
-}
-
-func TestAllowHTTPIgnoresTCPOnlyTargets(t *testing.T) {
-	pol, err := newPolicy(&proxyv1.InboundConfig{Authorizations: []*proxyv1.Authorization{{
-		Name: "t", Sources: []string{bookbuyerID}, Tcp: []*proxyv1.TCPRule{{Name: "tcp"}},
-	}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ok, rule := pol.allowHTTP(bookbuyerID, httptest.NewRequest("GET", "/", nil)); ok {
-		t.Errorf("allowHTTP = true, %q; want false: a TCP rule does not allow HTTP requests", rule)
 	}
 }

@@ -24,7 +24,6 @@ const (
 	ReasonNoEndpoints         = "no_endpoints"
 	ReasonUpstreamUnreachable = "upstream_unreachable"
 	ReasonIdentityMismatch    = "identity_mismatch"
-	ReasonUnknownDestination  = "unknown_destination"
 	ReasonEgressDenied        = "egress_denied"
 	ReasonNoConfig            = "no_config"
 	ReasonNotReady            = "not_ready"
@@ -290,14 +289,17 @@ func (p *Proxy) egress(w http.ResponseWriter, r *http.Request, authority string)
 
 // splice answers a CONNECT with 200 and copies bytes both ways until both sides close.
 func (p *Proxy) splice(w http.ResponseWriter, up net.Conn) (int, string, int64) {
-	rc := http.NewResponseController(w)
-	w.WriteHeader(http.StatusOK)
-	if err := rc.Flush(); err != nil {
-		up.Close()
-		return http.StatusOK, "", 0
-	}
-	down, brw, err := rc.Hijack()
+	// The 200 is written on the hijacked connection: net/http would frame it as
+	// chunked, and a 2xx answer to CONNECT carries no framing headers (RFC 9110,
+	// section 9.3.6).
+	down, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
+		up.Close()
+		http.Error(w, "trellis: cannot take over the connection for a tunnel: "+err.Error(), http.StatusInternalServerError)
+		return http.StatusInternalServerError, "", 0
+	}
+	if _, err := brw.WriteString("HTTP/1.1 200 OK\r\n\r\n"); err != nil || brw.Flush() != nil {
+		down.Close()
 		up.Close()
 		return http.StatusOK, "", 0
 	}

@@ -200,13 +200,15 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.Inbound, p.Outbound, p.Admin = inLn.Addr(), outLn.Addr(), admLn.Addr()
 	close(p.listening)
 
+	// Watches and renewal live until the sidecar has drained. The destination
+	// table exists before the admin listener serves, since /config reads it.
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+	p.dests = newDestinations(bg, p.opts.IdleTimeout, p.client.WatchDestination)
+
 	admin := &http.Server{Handler: p.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
 	go admin.Serve(admLn)
 	defer admin.Close()
-
-	// Watches and renewal live until the sidecar has drained.
-	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopBG()
 
 	if err := p.client.CertifyUntilDone(ctx); err != nil {
 		inLn.Close()
@@ -225,7 +227,6 @@ func (p *Proxy) Run(ctx context.Context) error {
 		once.Do(func() { close(policyReady) })
 		return nil
 	})
-	p.dests = newDestinations(bg, p.opts.IdleTimeout, p.client.WatchDestination)
 	go p.sweepLoop(bg)
 
 	inbound := &http.Server{Handler: http.HandlerFunc(p.serveInbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"testing"
@@ -297,7 +298,11 @@ func (r receiver[T]) none(t *testing.T, d time.Duration) {
 	t.Helper()
 	select {
 	case res := <-r.c:
-		t.Fatalf("got %v, %v; want nothing yet", res.msg, res.err)
+		msg := fmt.Sprint(res.msg)
+		if len(msg) > 200 {
+			msg = msg[:200] + "..."
+		}
+		t.Fatalf("got %s, %v; want nothing yet", msg, res.err)
 	case <-time.After(d):
 	}
 }
@@ -639,6 +644,22 @@ func TestDestinationsWatch(t *testing.T) {
 	}
 }
 
+// bigSnapshot is the mesh with many more bookstore-v1 workloads, so that each
+// bookstore config is tens of kilobytes and a few fill a stream's flow-control
+// window.
+func bigSnapshot(t *testing.T, w1, w2 int) *model.Snapshot {
+	t.Helper()
+	in := meshInputs(w1, w2)
+	for i := range 400 {
+		in.Workloads = append(in.Workloads, model.Workload{
+			ID: fmt.Sprintf("bookstore/bookstore-v1-%06d", i), Name: "bookstore-v1", Identity: store1,
+			Services: []model.ServiceMembership{{Service: "bookstore", ServicePort: 14001}, {Service: "bookstore-v1", ServicePort: 14001}},
+			Address:  fmt.Sprintf("127.0.0.1:%d", 30000+i), Ready: true,
+		})
+	}
+	return model.Build(in)
+}
+
 // TestUpdateNeverBlocks: a sidecar that stops reading must not slow Update down,
 // and a sidecar that reads ends up with the latest config.
 func TestUpdateNeverBlocks(t *testing.T) {
@@ -646,43 +667,60 @@ func TestUpdateNeverBlocks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	// Snapshots whose bookstore configs differ; the last is the one to end on.
-	snaps := make([]*model.Snapshot, 0, 2)
-	for _, w := range []int{10, 20} {
-		snaps = append(snaps, meshSnapshot(t, w, 100-w))
-	}
-	final := meshSnapshot(t, 77, 23)
+	// Two snapshots whose bookstore configs differ, and the one to end on.
+	snaps := []*model.Snapshot{bigSnapshot(t, 10, 90), bigSnapshot(t, 20, 80)}
+	final := bigSnapshot(t, 77, 23)
 	want := destination(t, final, bookstoreAuthority, "bookbuyer")
+	if size := proto.Size(want); size < 16<<10 {
+		t.Fatalf("test setup: config is %d bytes, want at least 16 KiB", size)
+	}
 	e.srv.Update(snaps[0])
 
-	// The stalled sidecar's connection has a small fixed flow-control window, so
-	// that the server's sends to it soon block.
+	// The stalled sidecar's connection has a small fixed flow-control window
+	// (no window growth), so that the server's sends to it soon block.
 	stalledConn := e.conn(t, buyer, grpc.WithInitialWindowSize(1<<16), grpc.WithInitialConnWindowSize(1<<16))
 	stalled := watchDest(t, ctx, stalledConn, bookstoreAuthority)
-	if _, err := stalled.Recv(); err != nil { // it is open; then it never reads again
+	if _, err := stalled.Recv(); err != nil { // it is open; it never reads again
 		t.Fatal(err)
 	}
-	reading := watchDest(t, ctx, e.conn(t, store1), bookstoreAuthority)
-	if _, err := reading.Recv(); err != nil {
-		t.Fatal(err)
+	reading := receive(watchDest(t, ctx, e.conn(t, store1), bookstoreAuthority))
+	reading.next(t)
+
+	// A few slow updates, which the reader follows one by one, fill the
+	// stalled stream's window: the server is now blocked sending to it.
+	const slow = 10
+	for i := range slow {
+		s := snaps[(i+1)%2]
+		e.srv.Update(s)
+		if got, want := reading.next(t).GetVersion(), destination(t, s, bookstoreAuthority, "bookbuyer").GetVersion(); got != want {
+			t.Fatalf("slow update %d: reader got version %s, want %s", i, got, want)
+		}
+	}
+	readerPushes := int64(1 + slow)
+	if stalledPushes := e.srv.Stats().Pushes - readerPushes; stalledPushes >= 1+slow {
+		t.Fatalf("test setup: the stalled stream took all %d messages; it should have blocked", stalledPushes)
 	}
 
 	const updates = 1000
 	start := time.Now()
-	for i := range updates {
-		e.srv.Update(snaps[(i+1)%2])
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range updates {
+			e.srv.Update(snaps[i%2])
+		}
+		e.srv.Update(final)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatalf("%d Updates did not finish within 2s: Update blocks", updates+1)
 	}
-	e.srv.Update(final)
-	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("%d Updates took %v, want under 2s", updates+1, d)
-	}
+	t.Logf("%d Updates took %v", updates+1, time.Since(start))
 
 	got := 0
 	for {
-		m, err := reading.Recv()
-		if err != nil {
-			t.Fatalf("reading stream after %d messages: %v", got, err)
-		}
+		m := reading.next(t)
 		got++
 		if m.GetVersion() == want.GetVersion() {
 			if d := diffProto(want, m); d != "" {
@@ -691,10 +729,8 @@ func TestUpdateNeverBlocks(t *testing.T) {
 			break
 		}
 	}
-	t.Logf("the reading stream received %d messages for %d updates", got, updates+1)
-	if got > updates+1 {
-		t.Errorf("reading stream received %d messages for %d updates", got, updates+1)
-	}
+	t.Logf("the reading stream received %d messages for %d quick updates", got, updates+1)
+	reading.none(t, 100*time.Millisecond)
 	if n := e.srv.Stats().Streams; n != 2 {
 		t.Errorf("Stats().Streams = %d, want 2 (the stalled stream is still open)", n)
 	}

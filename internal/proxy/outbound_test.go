@@ -1,0 +1,99 @@
+package proxy
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestRemoveHopHeaders(t *testing.T) {
+	tests := []struct {
+		name string
+		in   http.Header
+		want http.Header
+	}{
+		{
+			name: "standard hop-by-hop headers",
+			in: http.Header{
+				"Connection": {"keep-alive"}, "Proxy-Connection": {"keep-alive"}, "Keep-Alive": {"timeout=5"},
+				"Proxy-Authenticate": {"Basic"}, "Proxy-Authorization": {"Basic Zm9vOmJhcg=="}, "Te": {"trailers"},
+				"Trailer": {"X-Checksum"}, "Transfer-Encoding": {"chunked"}, "Upgrade": {"websocket"},
+				"Client-App": {"bookbuyer"}, "Authorization": {"Bearer t"},
+			},
+			want: http.Header{"Client-App": {"bookbuyer"}, "Authorization": {"Bearer t"}},
+		},
+		{
+			name: "headers the Connection header lists",
+			in: http.Header{
+				"Connection": {"X-Hop-One, x-hop-two", "X-Hop-Three"},
+				"X-Hop-One":  {"1"}, "X-Hop-Two": {"2"}, "X-Hop-Three": {"3"},
+				"X-End-To-End": {"kept"},
+			},
+			want: http.Header{"X-End-To-End": {"kept"}},
+		},
+		{
+			name: "nothing to remove",
+			in:   http.Header{"Content-Type": {"text/plain"}, "Content-Length": {"5"}},
+			want: http.Header{"Content-Type": {"text/plain"}, "Content-Length": {"5"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := tt.in.Clone()
+			removeHopHeaders(h)
+			if diff := cmp.Diff(tt.want, h); diff != "" {
+				t.Errorf("headers after removeHopHeaders (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestHostPort(t *testing.T) {
+	tests := []struct {
+		authority, port, want string
+	}{
+		{"bookstore.bookstore:14001", "80", "bookstore.bookstore:14001"},
+		{"bookstore.bookstore", "80", "bookstore.bookstore:80"},
+		{"bookstore.bookstore", "443", "bookstore.bookstore:443"},
+		{"127.0.0.1", "80", "127.0.0.1:80"},
+		{"[::1]", "80", "[::1]:80"},
+		{"[::1]:8080", "80", "[::1]:8080"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.authority+" default "+tt.port, func(t *testing.T) {
+			if got := hostPort(tt.authority, tt.port); got != tt.want {
+				t.Errorf("hostPort(%q, %q) = %q, want %q", tt.authority, tt.port, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRefuse(t *testing.T) {
+	w := httptest.NewRecorder()
+	refuse(w, http.StatusForbidden, ReasonDenied, "bookthief may not call bookstore")
+	resp := w.Result()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("status = %d, want %d", resp.StatusCode, http.StatusForbidden)
+	}
+	want := http.Header{
+		"X-Trellis-Reason":       {"denied"},
+		"Content-Type":           {"text/plain; charset=utf-8"},
+		"X-Content-Type-Options": {"nosniff"},
+	}
+	if diff := cmp.Diff(want, resp.Header); diff != "" {
+		t.Errorf("headers (-want +got):\n%s", diff)
+	}
+	if got, want := w.Body.String(), "trellis: denied: bookthief may not call bookstore\n"; got != want {
+		t.Errorf("body = %q, want %q", got, want)
+	}
+}
+
+func TestStatusText(t *testing.T) {
+	for code, want := range map[int]string{200: "200", 403: "403", 503: "503", 599: "599", 600: "600", 0: "0", -1: "-1"} {
+		if got := statusText(code); got != want {
+			t.Errorf("statusText(%d) = %q, want %q", code, got, want)
+		}
+	}
+}
