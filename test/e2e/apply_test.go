@@ -171,3 +171,31 @@ func TestControlPlaneRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestDelete checks that deleting by file and by kind and name removes objects,
+// and that deleting what is not there fails and changes nothing.
+func TestDelete(t *testing.T) {
+	state := t.TempDir()
+	controlPlane(t, state)
+	files := t.TempDir()
+	f := writeFile(t, files, "routes.yaml", goodRoutes)
+	if _, errOut, err := trellis(t, state, "apply", "-f", f); err != nil {
+		t.Fatalf("apply: %v %s", err, errOut)
+	}
+	out, errOut, err := trellis(t, state, "delete", "-f", f)
+	if err != nil || !strings.Contains(out, "HTTPRouteGroup bookstore/bookstore-service-routes deleted") {
+		t.Fatalf("delete -f: err=%v out=%q stderr=%q", err, out, errOut)
+	}
+	if out, _, _ := trellis(t, state, "get", "-o", "json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("after delete, get -o json = %s, want []", out)
+	}
+	if _, errOut, err := trellis(t, state, "delete", "HTTPRouteGroup", "bookstore-service-routes", "-n", "bookstore"); err == nil || !strings.Contains(errOut, "not found") {
+		t.Errorf("deleting a missing object: err=%v stderr=%q, want a non-zero exit saying not found", err, errOut)
+	}
+	if _, errOut, err := trellis(t, state, "apply", "-f", f); err != nil {
+		t.Fatalf("apply again: %v %s", err, errOut)
+	}
+	if out, errOut, err := trellis(t, state, "delete", "HTTPRouteGroup", "bookstore-service-routes", "-n", "bookstore"); err != nil || !strings.Contains(out, "deleted") {
+		t.Errorf("delete KIND NAME: err=%v out=%q stderr=%q", err, out, errOut)
+	}
+}

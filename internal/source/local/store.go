@@ -49,6 +49,7 @@ type Store struct {
 	resources map[string]translate.Resource // by Ref
 	workloads map[string]*record            // by ID
 	connected map[string]int                // open inbound streams by workload ID
+	seen      map[string]bool               // workloads whose sidecar connected since Open
 	snap      *model.Snapshot
 }
 
@@ -82,6 +83,7 @@ func Open(opts Options) (*Store, error) {
 		resources: map[string]translate.Resource{},
 		workloads: map[string]*record{},
 		connected: map[string]int{},
+		seen:      map[string]bool{},
 	}
 	b, err := os.ReadFile(filepath.Join(opts.Dir, storeFile))
 	switch {
@@ -175,17 +177,26 @@ func (s *Store) Apply(rs []translate.Resource) (Result, error) {
 		next[ref] = r
 		res.Changes = append(res.Changes, Change{Object: ref, Action: act})
 	}
+	// A problem is the change's fault if it names an applied object, or if it
+	// is new: a stored object that the change would push aside (a second
+	// TrafficSplit of one service, a second MeshConfig) is named by a problem
+	// that was not there before.
+	known := map[model.Problem]bool{}
+	_, oldErrs, _ := translate.Translate(values(s.resources))
+	for _, p := range append(oldErrs, s.snap.Problems()...) {
+		known[p] = true
+	}
 	objs, errs, warns := translate.Translate(values(next))
 	var bad []model.Problem
 	for _, p := range errs {
-		if applied[p.Object] {
+		if applied[p.Object] || !known[p] {
 			bad = append(bad, p)
 		}
 	}
 	if len(bad) == 0 {
 		snap := model.Build(s.inputsLocked(objs))
 		for _, p := range snap.Problems() {
-			if applied[p.Object] {
+			if applied[p.Object] || !known[p] {
 				bad = append(bad, p)
 			}
 		}
@@ -297,6 +308,15 @@ func (s *Store) Register(r Registration) (id, token string, err error) {
 	if err != nil {
 		return "", "", err
 	}
+	// The protocol is matched in any case; keep the one spelling the model
+	// and the sidecars use.
+	services := make([]model.ServiceMembership, len(r.Services))
+	for i, m := range r.Services {
+		if m.Protocol != "" {
+			m.Protocol, _ = model.ParseProtocol(string(m.Protocol)) // validated above
+		}
+		services[i] = m
+	}
 	var suffix [3]byte
 	if _, err := rand.Read(suffix[:]); err != nil {
 		return "", "", err
@@ -306,7 +326,7 @@ func (s *Store) Register(r Registration) (id, token string, err error) {
 		Workload: model.Workload{
 			ID: id, Name: r.Name,
 			Identity:     model.Identity{Namespace: r.Namespace, Account: r.Account},
-			Services:     r.Services,
+			Services:     services,
 			Address:      r.Address,
 			AdminAddress: r.AdminAddress,
 		},
@@ -400,6 +420,7 @@ func (s *Store) Connected(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.connected[id]++
+	s.seen[id] = true
 	if s.connected[id] == 1 {
 		s.rebuildLocked()
 	}
@@ -438,7 +459,9 @@ func (s *Store) inputsLocked(objs translate.Objects) model.Inputs {
 	inGrace := s.opts.Now().Sub(s.started) < s.opts.Grace
 	for _, r := range s.workloads {
 		w := r.Workload
-		w.Ready = w.Ready && (s.connected[w.ID] > 0 || inGrace)
+		// The grace is for sidecars to reconnect: one that connected since
+		// Open and went away again is gone.
+		w.Ready = w.Ready && (s.connected[w.ID] > 0 || inGrace && !s.seen[w.ID])
 		in.Workloads = append(in.Workloads, w)
 	}
 	return in
