@@ -91,6 +91,7 @@ It accepts the SMI and Open Service Mesh YAML users already have.`,
 		newDemoCmd(g),
 		newStatCmd(g),
 		newProxyCmd(g),
+		newPolicyCmd(g),
 		newDemoAppCmd(),
 		newVersionCmd(),
 	)

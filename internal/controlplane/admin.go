@@ -66,6 +66,7 @@ func newAdmin(store *local.Store, srv *serve.Server, token string, log *slog.Log
 	mux.HandleFunc("PUT /v1/workloads/{ns}/{name}/ready", a.ready)
 	mux.HandleFunc("DELETE /v1/workloads/{ns}/{name}", a.deregister)
 	mux.HandleFunc("GET /v1/status", a.status)
+	mux.HandleFunc("POST /v1/policy/check", a.policyCheck)
 	return a.auth(mux)
 }
 
@@ -214,4 +215,18 @@ func (a *adminAPI) status(w http.ResponseWriter, r *http.Request) {
 		Snapshot: snap.Hash(), Mesh: snap.Mesh(), Problems: problems,
 		Server: a.srv.Stats(), Workloads: len(snap.Workloads()),
 	})
+}
+
+func (a *adminAPI) policyCheck(w http.ResponseWriter, r *http.Request) {
+	var q PolicyQuery
+	if err := json.NewDecoder(r.Body).Decode(&q); err != nil {
+		writeErr(w, err)
+		return
+	}
+	res, err := checkPolicy(a.store.Snapshot(), q)
+	if err != nil {
+		writeJSON(w, http.StatusNotFound, ErrorBody{Error: err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/source/local"
@@ -83,6 +84,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w (nothing answers at %s; %s is left from one that stopped)", ErrNotRunning, c.Info.Admin, InfoFile)
+		}
 		return fmt.Errorf("control plane at %s: %w", c.Info.Admin, err)
 	}
 	defer resp.Body.Close()
@@ -147,5 +151,13 @@ func (c *Client) Deregister(ctx context.Context, id string) error {
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var out Status
 	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
+	return out, err
+}
+
+// CheckPolicy asks whether a source workload may make a request of a
+// destination workload or service.
+func (c *Client) CheckPolicy(ctx context.Context, q PolicyQuery) ([]PolicyCheck, error) {
+	var out []PolicyCheck
+	err := c.do(ctx, http.MethodPost, "/v1/policy/check", q, &out)
 	return out, err
 }

@@ -74,7 +74,7 @@ func (p *Proxy) serveConfig(w http.ResponseWriter, r *http.Request) {
 		out.CertExpires = &t
 	}
 	if pol := p.policy.Load(); pol != nil {
-		out.Inbound, _ = pj.Marshal(pol.msg)
+		out.Inbound, _ = pj.Marshal(pol.Config())
 	}
 	if p.dests != nil {
 		for name, m := range p.dests.snapshot() {

@@ -359,3 +359,8 @@ func versions(m map[string]*proxyv1.DestinationConfig) map[string]string {
 	}
 	return out
 }
+
+const (
+	bookbuyerID = "spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer"
+	bookthiefID = "spiffe://cluster.local/ns/bookthief/sa/bookthief"
+)

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/proxy/telemetry"
 	"github.com/trellis-mesh/trellis/internal/spiffe"
 )
@@ -92,8 +93,8 @@ func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 	e := telemetry.Entry{Direction: "inbound", Method: r.Method, Protocol: r.Proto, Authority: r.Host, Path: r.URL.Path, UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Request-Id")}
 	pol := p.policy.Load()
 	if pol != nil {
-		l.DestinationWorkload, l.DestinationNamespace = pol.msg.GetWorkload(), pol.msg.GetNamespace()
-		e.DestinationWorkload = pol.msg.GetWorkload()
+		l.DestinationWorkload, l.DestinationNamespace = pol.Config().GetWorkload(), pol.Config().GetNamespace()
+		e.DestinationWorkload = pol.Config().GetWorkload()
 	}
 	src := ""
 	if r.TLS != nil {
@@ -113,14 +114,15 @@ func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (p *Proxy) inbound(w http.ResponseWriter, r *http.Request, pol *policy, src string) (int, string, int64, string) {
+func (p *Proxy) inbound(w http.ResponseWriter, r *http.Request, pol *authz.Policy, src string) (int, string, int64, string) {
 	if pol == nil {
 		refuse(w, http.StatusServiceUnavailable, ReasonNotReady, "the sidecar has no inbound policy from the control plane yet")
 		return http.StatusServiceUnavailable, ReasonNotReady, 0, ""
 	}
-	ok, rule := pol.allowHTTP(src, r)
-	if !ok {
-		refuse(w, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s may not call %s: no TrafficTarget allows %s %s", src, pol.msg.GetIdentity(), r.Method, r.URL.Path))
+	d := pol.AllowHTTP(src, r)
+	rule := d.Rule
+	if !d.Allowed {
+		refuse(w, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s may not call %s: no TrafficTarget allows %s %s", src, pol.Config().GetIdentity(), r.Method, r.URL.Path))
 		return http.StatusForbidden, ReasonDenied, 0, ""
 	}
 	if p.opts.AppAddr == "" {
@@ -151,7 +153,7 @@ func (p *Proxy) serveInboundTCP(tc *tls.Conn) {
 	l := telemetry.Labels{Direction: "inbound", TLS: "true", SourceNamespace: id.Namespace, SourceWorkload: id.Account}
 	pol := p.policy.Load()
 	if pol != nil {
-		l.DestinationWorkload, l.DestinationNamespace = pol.msg.GetWorkload(), pol.msg.GetNamespace()
+		l.DestinationWorkload, l.DestinationNamespace = pol.Config().GetWorkload(), pol.Config().GetNamespace()
 	}
 	_, portStr, _ := net.SplitHostPort(p.opts.AppAddr)
 	port, _ := strconv.Atoi(portStr)
@@ -160,9 +162,9 @@ func (p *Proxy) serveInboundTCP(tc *tls.Conn) {
 		tc.Close()
 		return
 	}
-	if ok, _ := pol.allowTCP(src, port); !ok {
+	if !pol.AllowTCP(src, port).Allowed {
 		p.metrics.Refused("inbound", ReasonDenied)
-		p.log.Info("tcp connection denied", "source", src, "destination", pol.msg.GetIdentity())
+		p.log.Info("tcp connection denied", "source", src, "destination", pol.Config().GetIdentity())
 		tc.Close()
 		return
 	}

@@ -77,7 +77,7 @@ func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
 	e := telemetry.Entry{Direction: "outbound", Method: r.Method, Protocol: r.Proto, UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Request-Id")}
 	l := telemetry.Labels{Direction: "outbound", TLS: "true"}
 	if pol := p.policy.Load(); pol != nil {
-		l.SourceWorkload, l.SourceNamespace = pol.msg.GetWorkload(), pol.msg.GetNamespace()
+		l.SourceWorkload, l.SourceNamespace = pol.Config().GetWorkload(), pol.Config().GetNamespace()
 	}
 	e.Source = p.creds.ID().String()
 	status, reason, sent, route := p.outbound(w, r, &e, &l)
@@ -115,7 +115,7 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	}
 	if !rt.msg.GetFound() {
 		pol := p.policy.Load()
-		if pol == nil || !pol.msg.GetEgress() {
+		if pol == nil || !pol.Config().GetEgress() {
 			refuse(w, http.StatusForbidden, ReasonEgressDenied, rt.msg.GetReason()+", and egress is disabled in the mesh config")
 			return http.StatusForbidden, ReasonEgressDenied, 0, ""
 		}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	proxyv1 "github.com/trellis-mesh/trellis/api/proxy/v1"
+	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/proxy/control"
 	"github.com/trellis-mesh/trellis/internal/proxy/telemetry"
 	"github.com/trellis-mesh/trellis/internal/spiffe"
@@ -103,7 +104,7 @@ type Proxy struct {
 	access  *telemetry.AccessLog
 	log     *slog.Logger
 
-	policy   atomic.Pointer[policy]
+	policy   atomic.Pointer[authz.Policy]
 	dests    *destinations
 	draining atomic.Bool
 	ready    atomic.Bool
@@ -213,13 +214,16 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if err := p.client.CertifyUntilDone(ctx); err != nil {
 		inLn.Close()
 		outLn.Close()
+		if ctx.Err() != nil {
+			return nil // stopped before it was certified: nothing to drain
+		}
 		return err
 	}
 	go p.client.Renew(bg)
 	policyReady := make(chan struct{})
 	var once sync.Once
 	go p.client.WatchInbound(bg, func(m *proxyv1.InboundConfig) error {
-		pol, err := newPolicy(m)
+		pol, err := authz.Compile(m)
 		if err != nil {
 			return err
 		}

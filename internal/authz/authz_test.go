@@ -1,4 +1,4 @@
-package proxy
+package authz
 
 import (
 	"net/http"
@@ -75,17 +75,18 @@ func TestAllowHTTPBookstore(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pol, err := newPolicy(bookstorePolicy(tt.permissive))
+			pol, err := Compile(bookstorePolicy(tt.permissive))
 			if err != nil {
-				t.Fatalf("newPolicy: %v", err)
+				t.Fatalf("Compile: %v", err)
 			}
 			r := httptest.NewRequest(tt.method, "http://bookstore.bookstore:14001"+tt.path, nil)
 			for k, v := range tt.headers {
 				r.Header.Set(k, v)
 			}
-			ok, rule := pol.allowHTTP(tt.source, r)
+			d := pol.AllowHTTP(tt.source, r)
+			ok, rule := d.Allowed, d.Rule
 			if ok != tt.wantOK || rule != tt.wantRule {
-				t.Errorf("allowHTTP(%q, %s %s) = %v, %q; want %v, %q", tt.source, tt.method, tt.path, ok, rule, tt.wantOK, tt.wantRule)
+				t.Errorf("AllowHTTP(%q, %s %s) = %v, %q; want %v, %q", tt.source, tt.method, tt.path, ok, rule, tt.wantOK, tt.wantRule)
 			}
 		})
 	}
@@ -109,9 +110,9 @@ func TestAllowHTTPRuleShapes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pol, err := newPolicy(&proxyv1.InboundConfig{Authorizations: []*proxyv1.Authorization{{Name: "t", Sources: []string{bookbuyerID}, Http: []*proxyv1.HTTPRule{tt.rule}}}})
+			pol, err := Compile(&proxyv1.InboundConfig{Authorizations: []*proxyv1.Authorization{{Name: "t", Sources: []string{bookbuyerID}, Http: []*proxyv1.HTTPRule{tt.rule}}}})
 			if err != nil {
-				t.Fatalf("newPolicy: %v", err)
+				t.Fatalf("Compile: %v", err)
 			}
 			r := httptest.NewRequest(tt.method, "/", nil)
 			if tt.host != "" {
@@ -120,7 +121,7 @@ func TestAllowHTTPRuleShapes(t *testing.T) {
 			for k, vs := range tt.headers {
 				r.Header[k] = vs
 			}
-			ok, _ := pol.allowHTTP(bookbuyerID, r)
+			ok := pol.AllowHTTP(bookbuyerID, r).Allowed
 			if ok != tt.wantOK {
 				t.Errorf("allowHTTP = %v, want %v", ok, tt.wantOK)
 			}
@@ -140,9 +141,9 @@ func TestNewPolicyRejectsInvalidRegex(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := &proxyv1.InboundConfig{Authorizations: []*proxyv1.Authorization{{Name: "t", Sources: []string{bookbuyerID}, Http: []*proxyv1.HTTPRule{tt.rule}}}}
-			pol, err := newPolicy(m)
+			pol, err := Compile(m)
 			if err == nil {
-				t.Fatalf("newPolicy = %v, nil; want an error", pol)
+				t.Fatalf("Compile = %v, nil; want an error", pol)
 			}
 			if !strings.Contains(err.Error(), tt.wantText) {
 				t.Errorf("error %q does not contain %q", err, tt.wantText)
@@ -179,13 +180,14 @@ func TestAllowTCP(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pol, err := newPolicy(tt.cfg)
+			pol, err := Compile(tt.cfg)
 			if err != nil {
-				t.Fatalf("newPolicy: %v", err)
+				t.Fatalf("Compile: %v", err)
 			}
-			ok, rule := pol.allowTCP(tt.source, tt.port)
+			d := pol.AllowTCP(tt.source, tt.port)
+			ok, rule := d.Allowed, d.Rule
 			if ok != tt.wantOK || rule != tt.wantRule {
-				t.Errorf("allowTCP(%q, %d) = %v, %q; want %v, %q", tt.source, tt.port, ok, rule, tt.wantOK, tt.wantRule)
+				t.Errorf("AllowTCP(%q, %d) = %v, %q; want %v, %q", tt.source, tt.port, ok, rule, tt.wantOK, tt.wantRule)
 			}
 		})
 	}

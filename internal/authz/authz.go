@@ -1,4 +1,9 @@
-package proxy
+// Package authz decides whether a caller may make a request under a workload's
+// inbound policy (the InboundConfig compiled from SMI TrafficTargets and route
+// groups), and says which policy and rule decided. The sidecar enforces with it;
+// the control plane explains with it (`trellis policy check`), so both always
+// agree. It is lean: the standard library and the wire types only.
+package authz
 
 import (
 	"fmt"
@@ -8,9 +13,9 @@ import (
 	proxyv1 "github.com/trellis-mesh/trellis/api/proxy/v1"
 )
 
-// policy is an InboundConfig compiled for the hot path: regular expressions built
-// once per config version.
-type policy struct {
+// Policy is an InboundConfig compiled for the hot path: regular expressions built
+// once per config version. It is immutable and safe for concurrent use.
+type Policy struct {
 	msg   *proxyv1.InboundConfig
 	authz []authorization
 }
@@ -38,8 +43,10 @@ type headerRule struct {
 // Envoy's safe_regex do.
 func anchored(re string) (*regexp.Regexp, error) { return regexp.Compile("^(?:" + re + ")$") }
 
-func newPolicy(m *proxyv1.InboundConfig) (*policy, error) {
-	p := &policy{msg: m}
+// Compile builds the policy of m; an invalid regular expression is an error and
+// the caller keeps its previous policy.
+func Compile(m *proxyv1.InboundConfig) (*Policy, error) {
+	p := &Policy{msg: m}
 	for _, a := range m.GetAuthorizations() {
 		ca := authorization{name: a.GetName(), sources: map[string]bool{}, tcp: a.GetTcp()}
 		for _, s := range a.GetSources() {
@@ -78,10 +85,26 @@ func newPolicy(m *proxyv1.InboundConfig) (*policy, error) {
 	return p, nil
 }
 
-// allowHTTP decides a request from source; rule names what allowed it.
-func (p *policy) allowHTTP(source string, r *http.Request) (ok bool, rule string) {
+// Config returns the InboundConfig the policy was compiled from.
+func (p *Policy) Config() *proxyv1.InboundConfig { return p.msg }
+
+// Decision is the outcome of a check.
+type Decision struct {
+	Allowed bool
+	// Authorization names the policy that allowed ("TrafficTarget ns/name"), or
+	// "permissive"; empty when denied.
+	Authorization string
+	// Rule names the route rule that matched ("HTTPRouteGroup ns/name#match"), or
+	// "permissive"; empty when denied.
+	Rule string
+}
+
+var permissive = Decision{Allowed: true, Authorization: "permissive", Rule: "permissive"}
+
+// AllowHTTP decides a request from source, a SPIFFE ID.
+func (p *Policy) AllowHTTP(source string, r *http.Request) Decision {
 	if p.msg.GetPermissive() {
-		return true, "permissive"
+		return permissive
 	}
 	for i := range p.authz {
 		a := &p.authz[i]
@@ -90,11 +113,11 @@ func (p *policy) allowHTTP(source string, r *http.Request) (ok bool, rule string
 		}
 		for j := range a.http {
 			if a.http[j].match(r) {
-				return true, a.http[j].name
+				return Decision{Allowed: true, Authorization: a.name, Rule: a.http[j].name}
 			}
 		}
 	}
-	return false, ""
+	return Decision{}
 }
 
 func (h *httpRule) match(r *http.Request) bool {
@@ -123,10 +146,10 @@ func (h *httpRule) match(r *http.Request) bool {
 	return true
 }
 
-// allowTCP decides an opaque TCP connection from source to port.
-func (p *policy) allowTCP(source string, port int) (ok bool, rule string) {
+// AllowTCP decides an opaque TCP connection from source to port.
+func (p *Policy) AllowTCP(source string, port int) Decision {
 	if p.msg.GetPermissive() {
-		return true, "permissive"
+		return permissive
 	}
 	for i := range p.authz {
 		a := &p.authz[i]
@@ -135,14 +158,14 @@ func (p *policy) allowTCP(source string, port int) (ok bool, rule string) {
 		}
 		for _, t := range a.tcp {
 			if len(t.GetPorts()) == 0 {
-				return true, t.GetName()
+				return Decision{Allowed: true, Authorization: a.name, Rule: t.GetName()}
 			}
 			for _, tp := range t.GetPorts() {
 				if int(tp) == port {
-					return true, t.GetName()
+					return Decision{Allowed: true, Authorization: a.name, Rule: t.GetName()}
 				}
 			}
 		}
 	}
-	return false, ""
+	return Decision{}
 }
