@@ -92,6 +92,7 @@ It accepts the SMI and Open Service Mesh YAML users already have.`,
 		newStatCmd(g),
 		newProxyCmd(g),
 		newPolicyCmd(g),
+		newCheckCmd(g),
 		newDemoAppCmd(),
 		newVersionCmd(),
 	)

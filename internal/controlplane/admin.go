@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/trellis-mesh/trellis/internal/compile"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/serve"
 	"github.com/trellis-mesh/trellis/internal/source/local"
@@ -67,6 +68,7 @@ func newAdmin(store *local.Store, srv *serve.Server, token string, log *slog.Log
 	mux.HandleFunc("DELETE /v1/workloads/{ns}/{name}", a.deregister)
 	mux.HandleFunc("GET /v1/status", a.status)
 	mux.HandleFunc("POST /v1/policy/check", a.policyCheck)
+	mux.HandleFunc("GET /v1/versions", a.versions)
 	return a.auth(mux)
 }
 
@@ -229,4 +231,17 @@ func (a *adminAPI) policyCheck(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// versions answers, per workload, the inbound config version its sidecar should
+// hold now; `trellis check` compares it with what the sidecar reports.
+func (a *adminAPI) versions(w http.ResponseWriter, r *http.Request) {
+	snap := a.store.Snapshot()
+	out := map[string]string{}
+	for _, wl := range snap.Workloads() {
+		if ic, err := compile.Inbound(snap, wl.ID); err == nil {
+			out[wl.ID] = ic.GetVersion()
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
 }

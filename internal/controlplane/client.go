@@ -161,3 +161,11 @@ func (c *Client) CheckPolicy(ctx context.Context, q PolicyQuery) ([]PolicyCheck,
 	err := c.do(ctx, http.MethodPost, "/v1/policy/check", q, &out)
 	return out, err
 }
+
+// InboundVersions returns the inbound config version each workload's sidecar
+// should hold, by workload ID.
+func (c *Client) InboundVersions(ctx context.Context) (map[string]string, error) {
+	var out map[string]string
+	err := c.do(ctx, http.MethodGet, "/v1/versions", nil, &out)
+	return out, err
+}

@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -213,5 +216,33 @@ func TestDemoPermissive(t *testing.T) {
 	}
 	if th := s.Clients["bookthief"]; th.Total == 0 || th.OK != th.Total {
 		t.Errorf("bookthief in permissive mode: %d of %d served, want all", th.OK, th.Total)
+	}
+}
+
+// TestCheckAndPolicy runs `trellis check` and `trellis policy check` against the
+// running demo: everything healthy; bookbuyer allowed by the demo's TrafficTarget,
+// bookthief denied with the reason, and the exit codes scripts rely on.
+func TestCheckAndPolicy(t *testing.T) {
+	state := t.TempDir()
+	runningDemo(t, state)
+	out, errOut, err := trellis(t, state, "check")
+	if err != nil {
+		t.Fatalf("trellis check: %v\n%s%s", err, out, errOut)
+	}
+	for _, w := range []string{"bookbuyer", "bookthief", "bookstore-v1", "bookstore-v2", "bookwarehouse"} {
+		if !regexp.MustCompile(`(?m)^ok\s+sidecar [a-z]+/` + w + `-[0-9a-f]{6}: ready`).MatchString(out) {
+			t.Errorf("trellis check does not report sidecar %s ready:\n%s", w, out)
+		}
+	}
+
+	buyerHeaders := []string{"-H", "client-app: bookbuyer", "-H", "user-agent: Go-http-client/1.1"}
+	out, errOut, err = trellis(t, state, append([]string{"policy", "check", "bookbuyer", "bookstore.bookstore", "--path", "/books-bought"}, buyerHeaders...)...)
+	if err != nil || !strings.Contains(out, "TrafficTarget bookstore/bookstore, HTTPRouteGroup bookstore/bookstore-service-routes#books-bought") {
+		t.Errorf("policy check bookbuyer: err=%v\n%s%s", err, out, errOut)
+	}
+	out, _, err = trellis(t, state, append([]string{"policy", "check", "bookthief", "bookstore.bookstore", "--path", "/books-bought"}, buyerHeaders...)...)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(out, "denied: no TrafficTarget") {
+		t.Errorf("policy check bookthief: err=%v, want exit code 2 and a denial naming the cause:\n%s", err, out)
 	}
 }

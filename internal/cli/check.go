@@ -1,0 +1,156 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/trellis-mesh/trellis/internal/controlplane"
+)
+
+type checkOptions struct {
+	*globals
+	output     string
+	certWarn   time.Duration
+	httpClient *http.Client
+}
+
+// Check results.
+const (
+	checkOK   = "ok"
+	checkWarn = "warn"
+	checkFail = "fail"
+)
+
+// CheckResult is one finding of `trellis check`.
+type CheckResult struct {
+	Check  string `json:"check"`
+	Object string `json:"object,omitempty"`
+	Result string `json:"result"` // ok, warn or fail
+	Detail string `json:"detail"`
+}
+
+func newCheckCmd(g *globals) *cobra.Command {
+	o := &checkOptions{globals: g, httpClient: &http.Client{Timeout: 3 * time.Second}}
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "Check the mesh's health: control plane, resources, sidecars, certificates",
+		Long: `Checks that the control plane answers, lists resources with problems (stored but partly
+ignored), and for every registered workload checks that its sidecar is connected and ready,
+holds the inbound policy version the control plane has compiled for it now, and has a
+certificate that is not about to expire.
+
+Exit code: 0 when nothing failed (warnings allowed), 1 otherwise.`,
+		Example: "  trellis check\n  trellis check -o json",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return o.run(cmd.Context(), cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVarP(&o.output, "output", "o", "", "json or yaml")
+	cmd.Flags().DurationVar(&o.certWarn, "cert-warn", 6*time.Hour, "warn when a sidecar certificate expires sooner than this")
+	return cmd
+}
+
+// sidecarConfig is the part of a sidecar's /config that check reads.
+type sidecarConfig struct {
+	Ready       bool       `json:"ready"`
+	Draining    bool       `json:"draining"`
+	CertExpires *time.Time `json:"certificate_expires"`
+	Inbound     *struct {
+		Version string `json:"version"`
+	} `json:"inbound"`
+}
+
+func (o *checkOptions) run(ctx context.Context, w io.Writer) error {
+	var res []CheckResult
+	add := func(check, object, result, format string, args ...any) {
+		res = append(res, CheckResult{Check: check, Object: object, Result: result, Detail: fmt.Sprintf(format, args...)})
+	}
+	c, err := controlplane.Dial(o.stateDir)
+	if err != nil {
+		return err
+	}
+	st, err := c.Status(ctx)
+	if err != nil {
+		add("control plane", c.Info.Admin, checkFail, "%v", err)
+		return o.report(w, res)
+	}
+	add("control plane", c.Info.Admin, checkOK, "serving snapshot %s to %d sidecar streams", st.Snapshot, st.Server.Streams)
+	for _, p := range st.Problems {
+		add("resources", p.Object, checkWarn, "%s", p.Error())
+	}
+	if len(st.Problems) == 0 {
+		add("resources", "", checkOK, "no resource has problems")
+	}
+	ws, err := c.Workloads(ctx)
+	if err != nil {
+		return err
+	}
+	versions, err := c.InboundVersions(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, wl := range ws {
+		if !wl.Connected {
+			add("sidecar", wl.ID, checkFail, "not connected to the control plane: is its `trellis run` still running?")
+			continue
+		}
+		var cfg sidecarConfig
+		if err := getJSON(o.httpClient, "http://"+wl.AdminAddress+"/config", &cfg); err != nil {
+			add("sidecar", wl.ID, checkFail, "admin endpoint does not answer: %v", err)
+			continue
+		}
+		switch {
+		case cfg.Draining:
+			add("sidecar", wl.ID, checkWarn, "draining: shutting down")
+		case !cfg.Ready:
+			add("sidecar", wl.ID, checkFail, "not ready: no certificate or inbound policy yet")
+		case cfg.Inbound == nil || cfg.Inbound.Version != versions[wl.ID]:
+			have := "none"
+			if cfg.Inbound != nil {
+				have = cfg.Inbound.Version
+			}
+			add("sidecar", wl.ID, checkWarn, "holds inbound policy %s, the control plane has %s (catching up, or stuck)", have, versions[wl.ID])
+		default:
+			add("sidecar", wl.ID, checkOK, "ready, inbound policy %s is current", cfg.Inbound.Version)
+		}
+		switch {
+		case cfg.CertExpires == nil:
+			add("certificate", wl.ID, checkFail, "no certificate")
+		case !cfg.CertExpires.After(now):
+			add("certificate", wl.ID, checkFail, "expired at %s", cfg.CertExpires.Format(time.RFC3339))
+		case cfg.CertExpires.Sub(now) < o.certWarn:
+			add("certificate", wl.ID, checkWarn, "expires in %s (at %s); renewal is due at 2/3 of its life", cfg.CertExpires.Sub(now).Round(time.Minute), cfg.CertExpires.Format(time.RFC3339))
+		default:
+			add("certificate", wl.ID, checkOK, "valid for %s", cfg.CertExpires.Sub(now).Round(time.Minute))
+		}
+	}
+	return o.report(w, res)
+}
+
+func (o *checkOptions) report(w io.Writer, res []CheckResult) error {
+	err := output(w, o.output, res, func() error {
+		for _, r := range res {
+			obj := ""
+			if r.Object != "" {
+				obj = " " + r.Object
+			}
+			fmt.Fprintf(w, "%-4s  %s%s: %s\n", r.Result, r.Check, obj, r.Detail)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, r := range res {
+		if r.Result == checkFail {
+			return &exitError{code: 1, msg: "some checks failed"}
+		}
+	}
+	return nil
+}
