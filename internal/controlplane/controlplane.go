@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
@@ -97,8 +98,10 @@ func Run(ctx context.Context, o Options) error {
 	srv.Update(store.Snapshot())
 
 	cpID := spiffe.ID{TrustDomain: store.Snapshot().Mesh().TrustDomain, Namespace: identityNS, Account: "trellis-control-plane"}
-	cert, err := ca.ServingCert(cpID, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback})
-	if err != nil {
+	serving := &servingCert{issue: func() (tls.Certificate, error) {
+		return ca.ServingCert(cpID, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback})
+	}}
+	if _, err := serving.get(time.Now()); err != nil {
 		return err
 	}
 	roots := x509.NewCertPool()
@@ -110,11 +113,13 @@ func Run(ctx context.Context, o Options) error {
 		roots.AddCert(c)
 	}
 	tlsConf := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    roots,
-		NextProtos:   []string{"h2"},
+		MinVersion: tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return serving.get(time.Now())
+		},
+		ClientAuth: tls.VerifyClientCertIfGiven,
+		ClientCAs:  roots,
+		NextProtos: []string{"h2"},
 	}
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConf)),
@@ -181,4 +186,36 @@ func loadOrCreateToken(path string) (string, error) {
 	}
 	t := base64.RawURLEncoding.EncodeToString(raw[:])
 	return t, local.WriteFileAtomic(path, []byte(t), 0o600)
+}
+
+// servingCert is the control plane's own certificate, renewed at two thirds of
+// its life like every workload's.
+type servingCert struct {
+	issue   func() (tls.Certificate, error)
+	mu      sync.Mutex
+	cert    *tls.Certificate
+	renewAt time.Time
+}
+
+func (s *servingCert) get(now time.Time) (*tls.Certificate, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cert != nil && now.Before(s.renewAt) {
+		return s.cert, nil
+	}
+	c, err := s.issue()
+	if err != nil {
+		if s.cert != nil {
+			return s.cert, nil // keep serving the current one; the next handshake retries
+		}
+		return nil, fmt.Errorf("control plane serving certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		return nil, err
+	}
+	s.cert = &c
+	// From now, not from NotBefore, which the CA backdates for clock skew.
+	s.renewAt = now.Add(leaf.NotAfter.Sub(now) * 2 / 3)
+	return s.cert, nil
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"sort"
@@ -28,6 +29,9 @@ func (p *Proxy) adminHandler() http.Handler {
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		p.metrics.WritePrometheus(w)
+		if t := p.creds.NotAfter(); !t.IsZero() {
+			fmt.Fprintf(w, "# HELP trellis_certificate_expiry_timestamp_seconds When the sidecar's workload certificate expires, in seconds since the epoch; renewal is due at two thirds of its life.\n# TYPE trellis_certificate_expiry_timestamp_seconds gauge\ntrellis_certificate_expiry_timestamp_seconds %d\n", t.Unix())
+		}
 	})
 	mux.HandleFunc("GET /config", p.serveConfig)
 	return mux

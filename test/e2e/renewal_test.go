@@ -1,0 +1,100 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+)
+
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func certExpiry(t *testing.T, admin string) time.Time {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var cfg struct {
+		CertExpires time.Time `json:"certificate_expires"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	return cfg.CertExpires
+}
+
+// TestCertificateRenewalUnderLoad runs a mesh whose certificates live 4 s: the
+// sidecars renew at two thirds of that, several times, while bookbuyer calls
+// bookstore without a single failed request.
+func TestCertificateRenewalUnderLoad(t *testing.T) {
+	state := t.TempDir()
+	controlPlane(t, state, "--cert-validity", "4s")
+	dumpLogsOnFailure(t, state)
+	logs := filepath.Join(state, "logs")
+	os.MkdirAll(logs, 0o700)
+	if _, errOut, err := trellis(t, state, "apply", "-f", "../../examples/bookstore/mesh-config-strict.yaml", "-f", "../../examples/bookstore/traffic-access.yaml"); err != nil {
+		t.Fatalf("apply: %v %s", err, errOut)
+	}
+	storePort, buyerPort := freeLoopbackPort(t), freeLoopbackPort(t)
+	self := filepath.Join(bin, "trellis")
+	start(t, state, "run", "-n", "bookstore", "--account", "bookstore", "--name", "bookstore-v1", "--service", "bookstore:14001",
+		"--port", fmt.Sprint(storePort), "--", self, "demo-app", "bookstore", "--listen", fmt.Sprintf("127.0.0.1:%d", storePort))
+	waitFor(t, 20*time.Second, "bookstore to be ready", func() bool {
+		w, ok := workloads(t, state)["bookstore-v1"]
+		return ok && w.Address != ""
+	})
+	start(t, state, "run", "-n", "bookbuyer", "--account", "bookbuyer", "--",
+		self, "demo-app", "bookbuyer", "--listen", fmt.Sprintf("127.0.0.1:%d", buyerPort))
+	buyer := fmt.Sprintf("http://127.0.0.1:%d", buyerPort)
+	waitFor(t, 20*time.Second, "bookbuyer to be served", func() bool {
+		s, err := tryStats(buyer)
+		return err == nil && s.OK > 5
+	})
+	ws := workloads(t, state)
+	first := map[string]time.Time{}
+	for _, n := range []string{"bookstore-v1", "bookbuyer"} {
+		first[n] = certExpiry(t, ws[n].AdminAddress)
+	}
+	before := getStats(t, buyer)
+	time.Sleep(10 * time.Second) // about four renewals at 2/3 of 4 s
+	after := getStats(t, buyer)
+
+	for n, exp := range first {
+		now := certExpiry(t, ws[n].AdminAddress)
+		if !now.After(exp.Add(4 * time.Second)) {
+			t.Errorf("%s: certificate expiry moved from %s to %s in 10 s; want several renewals", n, exp.Format(time.RFC3339Nano), now.Format(time.RFC3339Nano))
+		}
+	}
+	resp, err := http.Get("http://" + ws["bookbuyer"].AdminAddress + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`(?m)^trellis_certificate_expiry_timestamp_seconds (\d+)$`).FindSubmatch(b)
+	if m == nil {
+		t.Error("sidecar metrics have no trellis_certificate_expiry_timestamp_seconds")
+	} else if ts, _ := strconv.ParseInt(string(m[1]), 10, 64); time.Unix(ts, 0).Before(time.Now()) {
+		t.Errorf("certificate expiry metric %s is in the past", time.Unix(ts, 0))
+	}
+	if served := after.OK - before.OK; served < 50 || after.Failed != before.Failed || after.Denied != before.Denied {
+		t.Errorf("during renewals: %d served, failed %d→%d, denied %d→%d; want many served and none failed", served, before.Failed, after.Failed, before.Denied, after.Denied)
+	}
+}
