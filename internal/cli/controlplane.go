@@ -40,7 +40,7 @@ for the CLI. A restart loses no resource, registration or CA.`,
 	f := cmd.Flags()
 	f.StringVar(&o.grpcAddr, "grpc-listen", "127.0.0.1:15128", "`address` of the gRPC API for sidecars")
 	f.StringVar(&o.adminAddr, "admin-listen", "127.0.0.1:15129", "`address` of the admin API for the CLI")
-	f.DurationVar(&o.leafTTL, "cert-validity", 24*time.Hour, "lifetime of workload certificates")
+	f.DurationVar(&o.leafTTL, "cert-validity", 24*time.Hour, "lifetime of workload certificates, unless a MeshConfig sets spec.certificate.serviceCertValidityDuration")
 	f.DurationVar(&o.grace, "grace", 15*time.Second, "after start, how long registered workloads count as alive before their sidecars reconnect")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 )
 
 // DefaultTrustDomain is the SPIFFE trust domain used when none is configured.
@@ -170,6 +171,10 @@ type MeshSettings struct {
 	Permissive bool `json:"permissive"`
 	// Egress lets workloads call destinations outside the mesh; default true, as OSM.
 	Egress bool `json:"egress"`
+	// CertValidity is the lifetime of workload certificates (OSM's
+	// spec.certificate.serviceCertValidityDuration); 0 means the control plane's
+	// default, 24h.
+	CertValidity time.Duration `json:"certValidity,omitempty"`
 	// Source names the MeshConfig that set these, if any.
 	Source string `json:"source,omitempty"`
 }

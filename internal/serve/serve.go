@@ -52,7 +52,8 @@ type Config struct {
 	Signer        Signer
 	// Observer may be nil.
 	Observer ConnectionObserver
-	// LeafTTL is the lifetime of issued certificates; default 24h.
+	// LeafTTL is the lifetime of issued certificates unless the mesh config sets
+	// one; default 24h.
 	LeafTTL time.Duration
 	Logger  *slog.Logger
 }
@@ -139,8 +140,13 @@ func (s *Server) Certify(ctx context.Context, req *proxyv1.CertifyRequest) (*pro
 	if err := s.wait(ctx); err != nil {
 		return nil, err
 	}
-	sid := spiffe.ID{TrustDomain: s.Snapshot().Mesh().TrustDomain, Namespace: id.Namespace, Account: id.Account}
-	chain, err := s.cfg.Signer.Sign(req.GetCsr(), sid, s.cfg.LeafTTL)
+	mesh := s.Snapshot().Mesh()
+	sid := spiffe.ID{TrustDomain: mesh.TrustDomain, Namespace: id.Namespace, Account: id.Account}
+	ttl := s.cfg.LeafTTL
+	if mesh.CertValidity > 0 {
+		ttl = mesh.CertValidity // MeshConfig's serviceCertValidityDuration wins
+	}
+	chain, err := s.cfg.Signer.Sign(req.GetCsr(), sid, ttl)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "cannot sign the request for %s: %v", sid, err)
 	}

@@ -852,3 +852,37 @@ func TestCompiledOnceShared(t *testing.T) {
 		t.Errorf("Stats().Pushes = %d, want %d", n, len(watchers))
 	}
 }
+
+// TestCertifyLifetime checks that a MeshConfig's certificate validity wins over
+// the server's default lifetime.
+func TestCertifyLifetime(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		validity time.Duration
+		want     time.Duration
+	}{
+		{"server default", 0, 24 * time.Hour},
+		{"mesh config", 90 * time.Minute, 90 * time.Minute},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			in := meshInputs(50, 50)
+			ms := model.DefaultMeshSettings()
+			ms.CertValidity = tt.validity
+			in.Mesh = &ms
+			e.srv.Update(model.Build(in))
+			key, _ := spiffe.NewKey()
+			csr, _ := spiffe.NewCSR(key, spiffe.ID{})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			resp, err := proxyv1grpc.NewIdentityClient(e.conn(t, model.Identity{})).Certify(ctx, &proxyv1.CertifyRequest{Csr: csr, Credential: "buyer-token"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			life := time.Until(resp.GetExpires().AsTime())
+			if life > tt.want || life < tt.want-time.Minute {
+				t.Errorf("certificate lives %s, want about %s", life.Round(time.Second), tt.want)
+			}
+		})
+	}
+}

@@ -16,6 +16,7 @@ import (
 const (
 	fieldPermissive = "spec.traffic.enablePermissiveTrafficPolicyMode"
 	fieldEgress     = "spec.traffic.enableEgress"
+	fieldCertTTL    = "spec.certificate.serviceCertValidityDuration"
 )
 
 // v1alpha2OnlyFields are MeshConfig spec fields that v1alpha1 lacks.
@@ -60,7 +61,10 @@ func meshConfig(c *check, r Resource) model.MeshSettings {
 	}
 	duration(c, "spec.sidecar.configResyncInterval", s.Sidecar.ConfigResyncInterval)
 	duration(c, "spec.traffic.inboundExternalAuthorization.timeout", s.Traffic.InboundExternalAuthorization.Timeout)
-	duration(c, "spec.certificate.serviceCertValidityDuration", s.Certificate.ServiceCertValidityDuration)
+	certTTL := duration(c, fieldCertTTL, s.Certificate.ServiceCertValidityDuration)
+	if d, err := time.ParseDuration(s.Certificate.ServiceCertValidityDuration); err == nil && d <= 0 {
+		c.errorf(fieldCertTTL, "%q is not positive: give certificates a lifetime such as 24h", s.Certificate.ServiceCertValidityDuration)
+	}
 	if g := s.Certificate.IngressGateway; g != nil {
 		duration(c, "spec.certificate.ingressGateway.validityDuration", g.ValidityDuration)
 	}
@@ -75,15 +79,16 @@ func meshConfig(c *check, r Resource) model.MeshSettings {
 		port(c, "spec.observability.tracing.port", p)
 	}
 	for _, f := range set {
-		if f != fieldPermissive && f != fieldEgress {
+		if f != fieldPermissive && f != fieldEgress && f != fieldCertTTL {
 			c.warnf(f, NotUsedYet)
 		}
 	}
 	return model.MeshSettings{
-		TrustDomain: model.DefaultTrustDomain,
-		Permissive:  boolOr(s.Traffic.EnablePermissiveTrafficPolicyMode, true),
-		Egress:      boolOr(s.Traffic.EnableEgress, true),
-		Source:      "MeshConfig " + r.Namespace + "/" + r.Name,
+		TrustDomain:  model.DefaultTrustDomain,
+		Permissive:   boolOr(s.Traffic.EnablePermissiveTrafficPolicyMode, true),
+		Egress:       boolOr(s.Traffic.EnableEgress, true),
+		CertValidity: certTTL,
+		Source:       "MeshConfig " + r.Namespace + "/" + r.Name,
 	}
 }
 
@@ -100,13 +105,17 @@ func oneOf(c *check, field, v string, allowed ...string) {
 	}
 }
 
-func duration(c *check, field, v string) {
+// duration checks and parses a duration field; 0 when unset or invalid.
+func duration(c *check, field, v string) time.Duration {
 	if v == "" {
-		return
+		return 0
 	}
-	if _, err := time.ParseDuration(v); err != nil {
+	d, err := time.ParseDuration(v)
+	if err != nil {
 		c.errorf(field, "%q is not a duration: write one such as 30s, 5m or 24h", v)
+		return 0
 	}
+	return d
 }
 
 func cidrs(c *check, field string, vs []string) {

@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -161,11 +162,10 @@ func TestTranslateMeshConfig(t *testing.T) {
 		{
 			name:       "OSM install with permissive mode off and tracing on",
 			file:       "meshconfig.yaml",
-			wantMesh:   &model.MeshSettings{TrustDomain: "cluster.local", Permissive: false, Egress: true, Source: "MeshConfig osm-system/osm-mesh-config"},
+			wantMesh:   &model.MeshSettings{TrustDomain: "cluster.local", Permissive: false, Egress: true, CertValidity: 24 * time.Hour, Source: "MeshConfig osm-system/osm-mesh-config"},
 			wantConfig: []string{"MeshConfig osm-system/osm-mesh-config"},
 			wantWarned: []string{
 				"spec.certificate.certKeyBitSize",
-				"spec.certificate.serviceCertValidityDuration",
 				"spec.featureFlags.enableAsyncProxyServiceMapping",
 				"spec.featureFlags.enableEgressPolicy",
 				"spec.featureFlags.enableEnvoyActiveHealthChecks",
