@@ -143,7 +143,7 @@ func (s *Snapshot) addSplit(sp *TrafficSplit) {
 	for i, b := range sp.Backends {
 		if _, ok := s.services[Key{sp.Key.Namespace, b.Service}]; !ok {
 			s.problem(obj, fmt.Sprintf("spec.backends[%d].service", i),
-				"backend %q is not a service in namespace %s (no workload is registered for it); start its workloads or remove the backend", b.Service, sp.Key.Namespace)
+				"backend %q is not a service in namespace %s (no workload is registered for it); its share goes to the other backends until it has one: start its workloads or remove the backend", b.Service, sp.Key.Namespace)
 		}
 	}
 	s.splits[root] = sp

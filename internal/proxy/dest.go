@@ -27,6 +27,11 @@ type route struct {
 	backends []*backend // the default route's legs, weight > 0 only
 	cum      []uint32   // cumulative weights
 	total    uint32
+	// The legs that have endpoints, picked from while there are any: a
+	// version scaled to zero does not fail its share of the requests.
+	ready      []*backend
+	readyCum   []uint32
+	readyTotal uint32
 }
 
 type backend struct {
@@ -56,25 +61,38 @@ func newRoute(m *proxyv1.DestinationConfig) *route {
 		r.total += wb.GetWeight()
 		r.backends = append(r.backends, be)
 		r.cum = append(r.cum, r.total)
+		if len(b.GetEndpoints()) > 0 {
+			r.readyTotal += wb.GetWeight()
+			r.ready = append(r.ready, be)
+			r.readyCum = append(r.readyCum, r.readyTotal)
+		}
 	}
 	return r
 }
 
-// pick chooses a backend by weight; nil when the route has none.
+// pick chooses a backend by weight among those with endpoints, or among all
+// when none has any; nil when the route has no backend.
 func (r *route) pick() *backend {
-	switch len(r.backends) {
+	if len(r.ready) > 0 {
+		return pickWeighted(r.ready, r.readyCum, r.readyTotal)
+	}
+	return pickWeighted(r.backends, r.cum, r.total)
+}
+
+func pickWeighted(bs []*backend, cum []uint32, total uint32) *backend {
+	switch len(bs) {
 	case 0:
 		return nil
 	case 1:
-		return r.backends[0]
+		return bs[0]
 	}
-	n := rand.Uint32N(r.total)
-	for i, c := range r.cum {
+	n := rand.Uint32N(total)
+	for i, c := range cum {
 		if n < c {
-			return r.backends[i]
+			return bs[i]
 		}
 	}
-	return r.backends[len(r.backends)-1]
+	return bs[len(bs)-1]
 }
 
 // allows says whether the identity may call this backend (early refusal).

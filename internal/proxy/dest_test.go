@@ -364,3 +364,36 @@ const (
 	bookbuyerID = "spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer"
 	bookthiefID = "spiffe://cluster.local/ns/bookthief/sa/bookthief"
 )
+
+// TestPickPrefersLegsWithEndpoints checks that a split leg with no endpoint gets
+// no traffic while another leg has some, and that weights apply again when no
+// leg has any.
+func TestPickPrefersLegsWithEndpoints(t *testing.T) {
+	leg := func(name string, eps int) *proxyv1.Backend {
+		b := &proxyv1.Backend{Name: name}
+		for i := range eps {
+			b.Endpoints = append(b.Endpoints, &proxyv1.Endpoint{Address: fmt.Sprintf("127.0.0.1:%d", 1000+i)})
+		}
+		return b
+	}
+	cfg := func(v1, v2 int) *proxyv1.DestinationConfig {
+		return &proxyv1.DestinationConfig{
+			Routes: []*proxyv1.Route{{Name: "default", Backends: []*proxyv1.WeightedBackend{
+				{Backend: "bookstore-v1.bookstore", Weight: 50}, {Backend: "bookstore-v2.bookstore", Weight: 50}}}},
+			Backends: []*proxyv1.Backend{leg("bookstore-v1.bookstore", v1), leg("bookstore-v2.bookstore", v2)},
+		}
+	}
+	count := func(r *route) map[string]int {
+		got := map[string]int{}
+		for range 2000 {
+			got[r.pick().msg.GetName()]++
+		}
+		return got
+	}
+	if got := count(newRoute(cfg(0, 2))); got["bookstore-v2.bookstore"] != 2000 {
+		t.Errorf("v1 without endpoints: picks %v, want every pick on v2", got)
+	}
+	if got := count(newRoute(cfg(0, 0))); got["bookstore-v1.bookstore"] < 800 || got["bookstore-v2.bookstore"] < 800 {
+		t.Errorf("no leg with endpoints: picks %v, want the weights (about 1000 each)", got)
+	}
+}

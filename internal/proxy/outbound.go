@@ -129,15 +129,15 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 		refuse(w, http.StatusServiceUnavailable, ReasonNoEndpoints, rt.msg.GetService()+" has no backend with a positive weight")
 		return http.StatusServiceUnavailable, ReasonNoEndpoints, 0, route
 	}
-	me := p.creds.ID().String()
-	if !b.allows(me) {
-		refuse(w, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s is not allowed to call %s: no TrafficTarget allows it", me, b.msg.GetName()))
-		return http.StatusForbidden, ReasonDenied, 0, route
-	}
 	ep := b.endpoint()
 	if ep == nil {
 		refuse(w, http.StatusServiceUnavailable, ReasonNoEndpoints, b.msg.GetName()+" has no ready endpoint")
 		return http.StatusServiceUnavailable, ReasonNoEndpoints, 0, route
+	}
+	me := p.creds.ID().String()
+	if !b.allows(me) {
+		refuse(w, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s is not allowed to call %s: no TrafficTarget allows it", me, b.msg.GetName()))
+		return http.StatusForbidden, ReasonDenied, 0, route
 	}
 	l.DestinationWorkload, l.DestinationNamespace = ep.GetWorkload(), ep.GetNamespace()
 	e.DestinationService, e.DestinationWorkload, e.Upstream = rt.msg.GetService(), ep.GetWorkload(), ep.GetAddress()

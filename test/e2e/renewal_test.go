@@ -2,12 +2,9 @@ package e2e
 
 import (
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"testing"
@@ -44,32 +41,11 @@ func certExpiry(t *testing.T, admin string) time.Time {
 // sidecars renew at two thirds of that, several times, while bookbuyer calls
 // bookstore without a single failed request.
 func TestCertificateRenewalUnderLoad(t *testing.T) {
-	state := t.TempDir()
-	controlPlane(t, state, "--cert-validity", "4s")
-	dumpLogsOnFailure(t, state)
-	logs := filepath.Join(state, "logs")
-	os.MkdirAll(logs, 0o700)
-	if _, errOut, err := trellis(t, state, "apply", "-f", "../../examples/bookstore/mesh-config-strict.yaml", "-f", "../../examples/bookstore/traffic-access.yaml"); err != nil {
-		t.Fatalf("apply: %v %s", err, errOut)
-	}
-	storePort, buyerPort := freeLoopbackPort(t), freeLoopbackPort(t)
-	self := filepath.Join(bin, "trellis")
-	start(t, state, "run", "-n", "bookstore", "--account", "bookstore", "--name", "bookstore-v1", "--service", "bookstore:14001",
-		"--port", fmt.Sprint(storePort), "--", self, "demo-app", "bookstore", "--listen", fmt.Sprintf("127.0.0.1:%d", storePort))
-	waitFor(t, 20*time.Second, "bookstore to be ready", func() bool {
-		w, ok := workloads(t, state)["bookstore-v1"]
-		return ok && w.Address != ""
-	})
-	start(t, state, "run", "-n", "bookbuyer", "--account", "bookbuyer", "--",
-		self, "demo-app", "bookbuyer", "--listen", fmt.Sprintf("127.0.0.1:%d", buyerPort))
-	buyer := fmt.Sprintf("http://127.0.0.1:%d", buyerPort)
-	waitFor(t, 20*time.Second, "bookbuyer to be served", func() bool {
-		s, err := tryStats(buyer)
-		return err == nil && s.OK > 5
-	})
+	m := startBookstoreMesh(t, "--cert-validity", "4s")
+	state, buyer := m.state, m.buyer
 	ws := workloads(t, state)
 	first := map[string]time.Time{}
-	for _, n := range []string{"bookstore-v1", "bookbuyer"} {
+	for _, n := range []string{"bookstore-v1", "bookstore-v2", "bookbuyer"} {
 		first[n] = certExpiry(t, ws[n].AdminAddress)
 	}
 	before := getStats(t, buyer)
@@ -88,10 +64,10 @@ func TestCertificateRenewalUnderLoad(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	m := regexp.MustCompile(`(?m)^trellis_certificate_expiry_timestamp_seconds (\d+)$`).FindSubmatch(b)
-	if m == nil {
+	exp := regexp.MustCompile(`(?m)^trellis_certificate_expiry_timestamp_seconds (\d+)$`).FindSubmatch(b)
+	if exp == nil {
 		t.Error("sidecar metrics have no trellis_certificate_expiry_timestamp_seconds")
-	} else if ts, _ := strconv.ParseInt(string(m[1]), 10, 64); time.Unix(ts, 0).Before(time.Now()) {
+	} else if ts, _ := strconv.ParseInt(string(exp[1]), 10, 64); time.Unix(ts, 0).Before(time.Now()) {
 		t.Errorf("certificate expiry metric %s is in the past", time.Unix(ts, 0))
 	}
 	if served := after.OK - before.OK; served < 50 || after.Failed != before.Failed || after.Denied != before.Denied {
