@@ -414,7 +414,7 @@ func TestApplySplitNeedsRegisteredBackends(t *testing.T) {
 	want := []model.Problem{{
 		Object:  "TrafficSplit bookstore/bookstore-split",
 		Field:   "spec.backends[1].service",
-		Message: `backend "bookstore-v2" is not a service in namespace bookstore (no workload is registered for it); start its workloads or remove the backend`,
+		Message: `backend "bookstore-v2" is not a service in namespace bookstore (no workload is registered for it); its share goes to the other backends until it has one: start its workloads or remove the backend`,
 	}}
 	if d := cmp.Diff(want, inv.Problems); d != "" {
 		t.Errorf("problems (-want +got):\n%s", d)
