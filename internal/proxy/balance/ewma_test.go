@@ -47,8 +47,8 @@ type simulation struct {
 	queue    completions
 }
 
-func newSimulation(clock *fakeClock) *simulation {
-	return &simulation{clock: clock, base: clock.t, interval: time.Millisecond}
+func newSimulation(clock *fakeClock, interval time.Duration) *simulation {
+	return &simulation{clock: clock, base: clock.t, interval: interval}
 }
 
 // run sends requests until the simulated time until and returns how many
@@ -80,47 +80,62 @@ func share(counts []int, i int) float64 {
 	return float64(counts[i]) / float64(total)
 }
 
-// TestPeakEWMAShunsSlowEndpoint runs 1,000 requests a second against three
+// TestPeakEWMAShunsSlowEndpoint sends requests at a fixed rate to three
 // endpoints, one ten times slower than the others. Round robin sends it a
-// third of the requests; peak EWMA, after warming up, under a tenth. When the
-// slow endpoint recovers, peak EWMA sends it its share again.
+// third of the requests; peak EWMA, after warming up, under a tenth, also at a
+// load so low that requests never overlap and least request cannot tell the
+// endpoints apart. When the slow endpoint recovers, peak EWMA sends it its
+// share again.
 func TestPeakEWMAShunsSlowEndpoint(t *testing.T) {
 	const slow = 1
-	recoverAt := 60 * time.Second
-	latency := func(i int, at time.Duration) time.Duration {
-		if i == slow && at < recoverAt {
-			return 100 * time.Millisecond
-		}
-		return 10 * time.Millisecond
-	}
 	as := addrs(3)
-
-	clock := newFakeClock()
-	rr := newSimulation(clock).run(NewRoundRobin(Config{Addresses: as}), 3, latency, 10*time.Second, recoverAt)
-	if got := share(rr, slow); got < 0.32 || got > 0.34 {
-		t.Errorf("round robin gave the slow endpoint %.3f of requests, want a third", got)
-	}
-
-	clock = newFakeClock()
-	lr := newSimulation(clock).run(NewLeastRequest(Config{Addresses: as}), 3, latency, 10*time.Second, recoverAt)
-
-	clock = newFakeClock()
-	sim := newSimulation(clock)
-	b := NewPeakEWMA(PeakEWMAConfig{Config: Config{Addresses: as, Stats: clock.stats()}})
-	ewma := sim.run(b, 3, latency, 10*time.Second, recoverAt)
-	got := share(ewma, slow)
-	t.Logf("slow endpoint's share: round robin %.3f, least request %.3f, peak EWMA %.4f (%v)", share(rr, slow), share(lr, slow), got, ewma)
-	if got >= 0.10 {
-		t.Errorf("peak EWMA gave the slow endpoint %.3f of requests after warm-up, want under 0.10", got)
-	}
-	if ewma[slow] == 0 {
-		t.Errorf("peak EWMA never tried the slow endpoint again in 50s; it should probe it as its estimate decays")
-	}
-
-	after := sim.run(b, 3, latency, recoverAt+30*time.Second, recoverAt+60*time.Second)
-	t.Logf("after recovery: peak EWMA shares %v", after)
-	if got := share(after, slow); got < 0.25 {
-		t.Errorf("peak EWMA gave the recovered endpoint %.3f of requests 30s after it recovered, want at least 0.25", got)
+	for _, tc := range []struct {
+		name     string
+		interval time.Duration // between requests
+		duration time.Duration // of each phase
+	}{
+		{"1000 requests a second", time.Millisecond, 60 * time.Second},
+		{"5 requests a second, one at a time", 200 * time.Millisecond, 600 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			recoverAt := tc.duration
+			latency := func(i int, at time.Duration) time.Duration {
+				if i == slow && at < recoverAt {
+					return 100 * time.Millisecond
+				}
+				return 10 * time.Millisecond
+			}
+			warm := 10 * time.Second
+			run := func(b func(*Stats) Balancer) ([]int, func(from, until time.Duration) []int) {
+				clock := newFakeClock()
+				sim := newSimulation(clock, tc.interval)
+				bal := b(clock.stats())
+				more := func(from, until time.Duration) []int { return sim.run(bal, 3, latency, from, until) }
+				return more(warm, recoverAt), more
+			}
+			rr, _ := run(func(*Stats) Balancer { return NewRoundRobin(Config{Addresses: as}) })
+			lr, _ := run(func(s *Stats) Balancer { return NewLeastRequest(Config{Addresses: as, Stats: s}) })
+			ewma, more := run(func(s *Stats) Balancer {
+				return NewPeakEWMA(PeakEWMAConfig{Config: Config{Addresses: as, Stats: s}})
+			})
+			got := share(ewma, slow)
+			t.Logf("slow endpoint's share: round robin %.3f, least request %.3f, peak EWMA %.4f %v",
+				share(rr, slow), share(lr, slow), got, ewma)
+			if rr := share(rr, slow); rr < 0.32 || rr > 0.34 {
+				t.Errorf("round robin gave the slow endpoint %.3f of requests, want a third", rr)
+			}
+			if got >= 0.10 {
+				t.Errorf("peak EWMA gave the slow endpoint %.3f of requests after warm-up, want under 0.10", got)
+			}
+			if ewma[slow] == 0 {
+				t.Errorf("peak EWMA never tried the slow endpoint again; it should probe it as its estimate decays")
+			}
+			after := more(recoverAt+30*time.Second, recoverAt+tc.duration)
+			t.Logf("from 30s after recovery: peak EWMA %v", after)
+			if got := share(after, slow); got < 0.25 {
+				t.Errorf("peak EWMA gave the recovered endpoint %.3f of requests from 30s after it recovered, want at least 0.25", got)
+			}
+		})
 	}
 }
 

@@ -1,8 +1,10 @@
 package balance
 
 import (
+	"math"
 	"math/rand/v2"
 	"slices"
+	"sort"
 	"testing"
 )
 
@@ -141,6 +143,30 @@ func TestRingHashVirtualNodes(t *testing.T) {
 		r := NewRingHash(RingHashConfig{Config: Config{Addresses: addrs(10)}, VirtualNodes: tc.v})
 		if got := len(r.points); got != tc.want {
 			t.Errorf("VirtualNodes %d: ring has %d points, want %d", tc.v, got, tc.want)
+		}
+	}
+}
+
+// TestRingHashSearch checks the ring search against sort.Search, on and
+// around every point and at both ends.
+func TestRingHashSearch(t *testing.T) {
+	for _, n := range []int{1, 2, 3, 10, 33} {
+		r := NewRingHash(RingHashConfig{Config: Config{Addresses: addrs(n)}, VirtualNodes: 7})
+		want := func(h uint64) int {
+			i := sort.Search(len(r.points), func(i int) bool { return r.points[i] >= h })
+			if i == len(r.points) {
+				i = 0
+			}
+			return int(r.owners[i])
+		}
+		hs := []uint64{0, 1, math.MaxUint64}
+		for _, p := range r.points {
+			hs = append(hs, p-1, p, p+1)
+		}
+		for _, h := range hs {
+			if got, want := r.at(h), want(h); got != want {
+				t.Fatalf("%d endpoints: owner of %#x = %d, want %d", n, h, got, want)
+			}
 		}
 	}
 }

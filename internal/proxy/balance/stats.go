@@ -12,7 +12,7 @@ import (
 // Stats to each balancer built for that backend; building a balancer forgets
 // the addresses its config no longer lists. Safe for concurrent use.
 type Stats struct {
-	now  func() time.Time
+	now  func() time.Time // nil: the monotonic clock
 	base time.Time
 
 	mu     sync.Mutex
@@ -27,11 +27,13 @@ type StatsConfig struct {
 
 // NewStats returns an empty Stats.
 func NewStats(c StatsConfig) *Stats {
-	now := c.Now
-	if now == nil {
-		now = time.Now
+	s := &Stats{now: c.Now, byAddr: map[string]*endpoint{}}
+	if s.now == nil {
+		s.base = time.Now()
+	} else {
+		s.base = s.now()
 	}
-	return &Stats{now: now, base: now(), byAddr: map[string]*endpoint{}}
+	return s
 }
 
 func statsOrPrivate(s *Stats) *Stats {
@@ -66,7 +68,13 @@ func (s *Stats) endpoints(addrs []string) []*endpoint {
 
 // millis is the time since the Stats was made, in milliseconds.
 func (s *Stats) millis() uint64 {
-	return uint64(max(s.now().Sub(s.base), 0) / time.Millisecond)
+	var d time.Duration
+	if s.now == nil {
+		d = time.Since(s.base) // reads only the monotonic clock
+	} else {
+		d = s.now().Sub(s.base)
+	}
+	return uint64(max(d, 0) / time.Millisecond)
 }
 
 // endpoint is one address's state. It fills a cache line so that endpoints

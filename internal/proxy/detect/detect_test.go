@@ -274,21 +274,25 @@ func serveTLSEcho(t *testing.T, c net.Conn, cfg *tls.Config) {
 	}
 }
 
-// trickleConn writes one byte at a time with a pause between, as if every
-// byte were its own TCP segment.
+// trickleConn writes its first 64 bytes one at a time with a pause between,
+// as if every byte were its own TCP segment, and the rest as it comes.
 type trickleConn struct {
 	net.Conn
 	pause time.Duration
+	left  *int // bytes still to trickle
 }
 
 func (c trickleConn) Write(p []byte) (int, error) {
-	for i := range p {
-		if _, err := c.Conn.Write(p[i : i+1]); err != nil {
-			return i, err
+	n := 0
+	for ; n < len(p) && *c.left > 0 && c.pause > 0; n++ {
+		if _, err := c.Conn.Write(p[n : n+1]); err != nil {
+			return n, err
 		}
+		*c.left--
 		time.Sleep(c.pause)
 	}
-	return len(p), nil
+	m, err := c.Conn.Write(p[n:])
+	return n + m, err
 }
 
 // TestDetect detects each protocol from a real client on loopback, then serves
@@ -347,11 +351,7 @@ func TestDetect(t *testing.T) {
 					return err
 				}
 				defer c.Close()
-				// Trickle only the start; the rest goes in one write.
-				if _, err := c.Write(raw[:MaxPeek]); err != nil {
-					return err
-				}
-				_, err = c.(interface{ NetConn() net.Conn }).NetConn().Write(raw[MaxPeek:])
+				_, err = c.Write(raw)
 				return err
 			},
 			serve: func(t *testing.T, c net.Conn) {
@@ -377,7 +377,8 @@ func TestDetect(t *testing.T) {
 					if err != nil {
 						return nil, err
 					}
-					return wrappedConn{trickleConn{Conn: c, pause: pause}}, nil
+					left := 64
+					return trickleConn{Conn: c, pause: pause, left: &left}, nil
 				}
 				srv, waitClient := accepted(t, func(addr string) error { return tc.client(dial, addr) })
 				p, c, err := Detect(srv, 5*time.Second)
@@ -393,11 +394,6 @@ func TestDetect(t *testing.T) {
 		}
 	}
 }
-
-// wrappedConn lets a client reach the connection under a trickleConn.
-type wrappedConn struct{ trickleConn }
-
-func (c wrappedConn) NetConn() net.Conn { return c.Conn }
 
 // TestDetectDecidesEarly checks that Detect answers as soon as the bytes decide,
 // not when the wait runs out, even when the client then goes quiet.
