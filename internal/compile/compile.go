@@ -121,7 +121,7 @@ func backend(s *model.Snapshot, k model.Key, port int) *proxyv1.Backend {
 	mesh := s.Mesh()
 	b := &proxyv1.Backend{
 		Name:     k.Name + "." + k.Namespace,
-		Balancer: proxyv1.Balancer_BALANCER_ROUND_ROBIN,
+		Balancer: proxyv1.Balancer_BALANCER_P2C_PEAK_EWMA,
 		Timeouts: &proxyv1.Timeouts{
 			Connect: durationpb.New(DefaultConnectTimeout),
 			Request: durationpb.New(DefaultRequestTimeout),

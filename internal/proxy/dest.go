@@ -3,17 +3,20 @@ package proxy
 import (
 	"context"
 	"math/rand/v2"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	proxyv1 "github.com/trellis-mesh/trellis/api/proxy/v1"
+	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 )
 
 // destination is one authority the app has called: its latest compiled config and
 // the watch that keeps it fresh.
 type destination struct {
 	authority string
+	stats     map[string]*balance.Stats // by backend; touched only by the watch
 	cfg       atomic.Pointer[route]
 	first     chan struct{} // closed on the first config
 	once      sync.Once
@@ -35,12 +38,44 @@ type route struct {
 }
 
 type backend struct {
-	msg     *proxyv1.Backend
-	allowed map[string]bool
-	next    atomic.Uint32 // round robin
+	msg        *proxyv1.Backend
+	allowed    map[string]bool
+	lb         balance.Balancer
+	hashHeader string // canonical header name, with ring hash
 }
 
-func newRoute(m *proxyv1.DestinationConfig) *route {
+// newBackend prepares one backend; stats, when not nil, carries per-endpoint
+// latency and load across config versions of the same backend.
+func newBackend(b *proxyv1.Backend, stats *balance.Stats) *backend {
+	be := &backend{msg: b, allowed: map[string]bool{}}
+	for _, s := range b.GetAllowedSources() {
+		be.allowed[s] = true
+	}
+	addrs := make([]string, len(b.GetEndpoints()))
+	for i, ep := range b.GetEndpoints() {
+		addrs[i] = ep.GetAddress()
+	}
+	c := balance.Config{Addresses: addrs, Stats: stats}
+	switch b.GetBalancer() {
+	case proxyv1.Balancer_BALANCER_ROUND_ROBIN:
+		be.lb = balance.NewRoundRobin(c)
+	case proxyv1.Balancer_BALANCER_LEAST_REQUEST:
+		be.lb = balance.NewLeastRequest(c)
+	case proxyv1.Balancer_BALANCER_RING_HASH:
+		be.lb = balance.NewRingHash(balance.RingHashConfig{Config: c})
+		be.hashHeader = http.CanonicalHeaderKey(b.GetHashHeader())
+	default: // BALANCER_P2C_PEAK_EWMA and unspecified
+		be.lb = balance.NewPeakEWMA(balance.PeakEWMAConfig{Config: c})
+	}
+	return be
+}
+
+// newRoute prepares a config with per-backend state of its own.
+func newRoute(m *proxyv1.DestinationConfig) *route { return newRouteStats(m, nil) }
+
+// newRouteStats prepares a config; statsFor, when not nil, gives each backend
+// the state its earlier versions kept.
+func newRouteStats(m *proxyv1.DestinationConfig, statsFor func(backend string) *balance.Stats) *route {
 	r := &route{msg: m}
 	byName := map[string]*proxyv1.Backend{}
 	for _, b := range m.GetBackends() {
@@ -54,10 +89,11 @@ func newRoute(m *proxyv1.DestinationConfig) *route {
 		if !ok || wb.GetWeight() == 0 {
 			continue
 		}
-		be := &backend{msg: b, allowed: map[string]bool{}}
-		for _, s := range b.GetAllowedSources() {
-			be.allowed[s] = true
+		var stats *balance.Stats
+		if statsFor != nil {
+			stats = statsFor(b.GetName())
 		}
+		be := newBackend(b, stats)
 		r.total += wb.GetWeight()
 		r.backends = append(r.backends, be)
 		r.cum = append(r.cum, r.total)
@@ -98,14 +134,28 @@ func pickWeighted(bs []*backend, cum []uint32, total uint32) *backend {
 // allows says whether the identity may call this backend (early refusal).
 func (b *backend) allows(id string) bool { return b.msg.GetOpen() || b.allowed[id] }
 
-// endpoint picks the next endpoint round robin; nil when there is none.
-func (b *backend) endpoint() *proxyv1.Endpoint {
-	eps := b.msg.GetEndpoints()
-	if len(eps) == 0 {
-		return nil
+// endpoint picks an endpoint for r with the backend's balancer; nil when there
+// is none. The caller reports the request's outcome with done, exactly once.
+func (b *backend) endpoint(r *http.Request) (ep *proxyv1.Endpoint, done balance.Done) {
+	var key uint64
+	if b.hashHeader != "" && r != nil {
+		key = hashString(r.Header.Get(b.hashHeader))
 	}
-	i := b.next.Add(1)
-	return eps[int(i)%len(eps)]
+	i, done := b.lb.Pick(key)
+	if i < 0 {
+		return nil, done
+	}
+	return b.msg.GetEndpoints()[i], done
+}
+
+// hashString is FNV-1a, for ring-hash keys.
+func hashString(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
 }
 
 // destinations is the table of authorities the app has called.
@@ -129,8 +179,9 @@ func (d *destinations) get(authority string) *destination {
 		ctx, cancel := context.WithCancel(d.rootCtx)
 		dst = &destination{authority: authority, first: make(chan struct{}), cancel: cancel}
 		d.byName[authority] = dst
+		dst.stats = map[string]*balance.Stats{}
 		go d.watch(ctx, authority, func(m *proxyv1.DestinationConfig) error {
-			dst.cfg.Store(newRoute(m))
+			dst.cfg.Store(newRouteStats(m, dst.statsFor(m)))
 			dst.once.Do(func() { close(dst.first) })
 			return nil
 		})
@@ -183,4 +234,19 @@ func (d *destinations) snapshot() map[string]*proxyv1.DestinationConfig {
 		}
 	}
 	return out
+}
+
+// statsFor returns the per-backend state for the backends of m, dropping that
+// of backends m no longer has. Only the destination's watch calls it.
+func (dst *destination) statsFor(m *proxyv1.DestinationConfig) func(string) *balance.Stats {
+	keep := make(map[string]*balance.Stats, len(m.GetBackends()))
+	for _, b := range m.GetBackends() {
+		st := dst.stats[b.GetName()]
+		if st == nil {
+			st = balance.NewStats(balance.StatsConfig{})
+		}
+		keep[b.GetName()] = st
+	}
+	dst.stats = keep
+	return func(name string) *balance.Stats { return keep[name] }
 }

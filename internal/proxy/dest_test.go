@@ -118,10 +118,10 @@ func TestPickNone(t *testing.T) {
 
 func TestEndpointRoundRobin(t *testing.T) {
 	eps := []*proxyv1.Endpoint{{Address: "127.0.0.1:1001"}, {Address: "127.0.0.1:1002"}, {Address: "127.0.0.1:1003"}}
-	b := &backend{msg: &proxyv1.Backend{Name: "bookstore.bookstore", Endpoints: eps}}
+	b := newBackend(&proxyv1.Backend{Name: "bookstore.bookstore", Endpoints: eps, Balancer: proxyv1.Balancer_BALANCER_ROUND_ROBIN}, nil)
 	var got []string
 	for range 3 * len(eps) {
-		got = append(got, b.endpoint().GetAddress())
+		got = append(got, pickOne(b).GetAddress())
 	}
 	// Every window of len(eps) consecutive picks holds each endpoint once.
 	for i := 0; i+len(eps) <= len(got); i++ {
@@ -135,15 +135,15 @@ func TestEndpointRoundRobin(t *testing.T) {
 		}
 	}
 
-	empty := &backend{msg: &proxyv1.Backend{Name: "bookstore.bookstore"}}
-	if ep := empty.endpoint(); ep != nil {
+	empty := newBackend(&proxyv1.Backend{Name: "bookstore.bookstore"}, nil)
+	if ep := pickOne(empty); ep != nil {
 		t.Errorf("endpoint() of a backend without endpoints = %v, want nil", ep)
 	}
 }
 
 func TestEndpointRoundRobinConcurrent(t *testing.T) {
 	eps := []*proxyv1.Endpoint{{Address: "127.0.0.1:1001"}, {Address: "127.0.0.1:1002"}}
-	b := &backend{msg: &proxyv1.Backend{Name: "bookstore.bookstore", Endpoints: eps}}
+	b := newBackend(&proxyv1.Backend{Name: "bookstore.bookstore", Endpoints: eps, Balancer: proxyv1.Balancer_BALANCER_ROUND_ROBIN}, nil)
 	var mu sync.Mutex
 	got := map[string]int{}
 	var wg sync.WaitGroup
@@ -151,7 +151,7 @@ func TestEndpointRoundRobinConcurrent(t *testing.T) {
 		wg.Go(func() {
 			local := map[string]int{}
 			for range 1000 {
-				local[b.endpoint().GetAddress()]++
+				local[pickOne(b).GetAddress()]++
 			}
 			mu.Lock()
 			for k, v := range local {
@@ -395,5 +395,34 @@ func TestPickPrefersLegsWithEndpoints(t *testing.T) {
 	}
 	if got := count(newRoute(cfg(0, 0))); got["bookstore-v1.bookstore"] < 800 || got["bookstore-v2.bookstore"] < 800 {
 		t.Errorf("no leg with endpoints: picks %v, want the weights (about 1000 each)", got)
+	}
+}
+
+// pickOne picks an endpoint and reports a quick success for it.
+func pickOne(b *backend) *proxyv1.Endpoint {
+	ep, done := b.endpoint(nil)
+	done(time.Millisecond, false)
+	return ep
+}
+
+// TestPeakEWMAAvoidsSlowEndpoint checks the default balancer end to end through
+// the backend: an endpoint that answers ten times slower gets few requests.
+func TestPeakEWMAAvoidsSlowEndpoint(t *testing.T) {
+	eps := []*proxyv1.Endpoint{{Address: "127.0.0.1:1001"}, {Address: "127.0.0.1:1002"}, {Address: "127.0.0.1:1003"}}
+	b := newBackend(&proxyv1.Backend{Name: "bookstore.bookstore", Endpoints: eps}, nil)
+	got := map[string]int{}
+	for i := range 3000 {
+		ep, done := b.endpoint(nil)
+		latency := 2 * time.Millisecond
+		if ep.GetAddress() == "127.0.0.1:1003" {
+			latency = 20 * time.Millisecond
+		}
+		done(latency, false)
+		if i >= 300 {
+			got[ep.GetAddress()]++
+		}
+	}
+	if slow := float64(got["127.0.0.1:1003"]) / 2700; slow > 0.10 {
+		t.Errorf("the slow endpoint got %.1f%% of requests after warm-up (%v), want under 10%%", 100*slow, got)
 	}
 }

@@ -129,7 +129,7 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 		refuse(w, http.StatusServiceUnavailable, ReasonNoEndpoints, rt.msg.GetService()+" has no backend with a positive weight")
 		return http.StatusServiceUnavailable, ReasonNoEndpoints, 0, route
 	}
-	ep := b.endpoint()
+	ep, done := b.endpoint(r)
 	if ep == nil {
 		refuse(w, http.StatusServiceUnavailable, ReasonNoEndpoints, b.msg.GetName()+" has no ready endpoint")
 		return http.StatusServiceUnavailable, ReasonNoEndpoints, 0, route
@@ -142,8 +142,10 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	l.DestinationWorkload, l.DestinationNamespace = ep.GetWorkload(), ep.GetNamespace()
 	e.DestinationService, e.DestinationWorkload, e.Upstream = rt.msg.GetService(), ep.GetWorkload(), ep.GetAddress()
 
+	picked := time.Now()
 	if r.Method == http.MethodConnect {
 		st, rsn, n := p.tunnel(w, ep, b.msg.GetTimeouts())
+		done(time.Since(picked), rsn != "")
 		return st, rsn, n, route
 	}
 	tr := p.upstream(ep, b.msg.GetTimeouts())
@@ -158,8 +160,12 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	removeHopHeaders(out.Header)
 	resp, err := tr.RoundTrip(out)
 	if err != nil {
+		done(time.Since(picked), true)
 		return p.upstreamError(w, err, ep, route)
 	}
+	// The balancer learns the time to the response headers: what the endpoint
+	// controls, not how long the caller takes to read the body.
+	done(time.Since(picked), resp.StatusCode >= 500)
 	st, n := copyResponse(w, resp)
 	return st, "", n, route
 }

@@ -44,8 +44,15 @@ const (
 type Balancer int32
 
 const (
+	// The sidecar's default: BALANCER_P2C_PEAK_EWMA.
 	Balancer_BALANCER_UNSPECIFIED Balancer = 0
 	Balancer_BALANCER_ROUND_ROBIN Balancer = 1
+	// Power of two choices over peak-EWMA latency × (in-flight + 1).
+	Balancer_BALANCER_P2C_PEAK_EWMA Balancer = 2
+	// Power of two choices over in-flight requests.
+	Balancer_BALANCER_LEAST_REQUEST Balancer = 3
+	// Consistent hashing on the value of Backend.hash_header.
+	Balancer_BALANCER_RING_HASH Balancer = 4
 )
 
 // Enum value maps for Balancer.
@@ -53,10 +60,16 @@ var (
 	Balancer_name = map[int32]string{
 		0: "BALANCER_UNSPECIFIED",
 		1: "BALANCER_ROUND_ROBIN",
+		2: "BALANCER_P2C_PEAK_EWMA",
+		3: "BALANCER_LEAST_REQUEST",
+		4: "BALANCER_RING_HASH",
 	}
 	Balancer_value = map[string]int32{
-		"BALANCER_UNSPECIFIED": 0,
-		"BALANCER_ROUND_ROBIN": 1,
+		"BALANCER_UNSPECIFIED":   0,
+		"BALANCER_ROUND_ROBIN":   1,
+		"BALANCER_P2C_PEAK_EWMA": 2,
+		"BALANCER_LEAST_REQUEST": 3,
+		"BALANCER_RING_HASH":     4,
 	}
 )
 
@@ -563,8 +576,10 @@ type Backend struct {
 	// SPIFFE IDs allowed to call at least one endpoint (strict mode). A client
 	// whose identity is not here is refused early by its own sidecar.
 	AllowedSources []string `protobuf:"bytes,6,rep,name=allowed_sources,json=allowedSources,proto3" json:"allowed_sources,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// With BALANCER_RING_HASH: the request header whose value is hashed.
+	HashHeader    string `protobuf:"bytes,7,opt,name=hash_header,json=hashHeader,proto3" json:"hash_header,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Backend) Reset() {
@@ -637,6 +652,13 @@ func (x *Backend) GetAllowedSources() []string {
 		return x.AllowedSources
 	}
 	return nil
+}
+
+func (x *Backend) GetHashHeader() string {
+	if x != nil {
+		return x.HashHeader
+	}
+	return ""
 }
 
 type Endpoint struct {
@@ -1094,14 +1116,16 @@ const file_api_proxy_v1_proxy_proto_rawDesc = "" +
 	"\bTimeouts\x123\n" +
 	"\aconnect\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\aconnect\x123\n" +
 	"\arequest\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\arequest\x12-\n" +
-	"\x04idle\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04idle\"\x84\x02\n" +
+	"\x04idle\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x04idle\"\xa5\x02\n" +
 	"\aBackend\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x128\n" +
 	"\tendpoints\x18\x02 \x03(\v2\x1a.trellis.proxy.v1.EndpointR\tendpoints\x126\n" +
 	"\bbalancer\x18\x03 \x01(\x0e2\x1a.trellis.proxy.v1.BalancerR\bbalancer\x126\n" +
 	"\btimeouts\x18\x04 \x01(\v2\x1a.trellis.proxy.v1.TimeoutsR\btimeouts\x12\x12\n" +
 	"\x04open\x18\x05 \x01(\bR\x04open\x12'\n" +
-	"\x0fallowed_sources\x18\x06 \x03(\tR\x0eallowedSources\"z\n" +
+	"\x0fallowed_sources\x18\x06 \x03(\tR\x0eallowedSources\x12\x1f\n" +
+	"\vhash_header\x18\a \x01(\tR\n" +
+	"hashHeader\"z\n" +
 	"\bEndpoint\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12\x1a\n" +
@@ -1137,10 +1161,13 @@ const file_api_proxy_v1_proxy_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"3\n" +
 	"\aTCPRule\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05ports\x18\x02 \x03(\rR\x05ports*>\n" +
+	"\x05ports\x18\x02 \x03(\rR\x05ports*\x8e\x01\n" +
 	"\bBalancer\x12\x18\n" +
 	"\x14BALANCER_UNSPECIFIED\x10\x00\x12\x18\n" +
-	"\x14BALANCER_ROUND_ROBIN\x10\x01B6Z4github.com/trellis-mesh/trellis/api/proxy/v1;proxyv1b\x06proto3"
+	"\x14BALANCER_ROUND_ROBIN\x10\x01\x12\x1a\n" +
+	"\x16BALANCER_P2C_PEAK_EWMA\x10\x02\x12\x1a\n" +
+	"\x16BALANCER_LEAST_REQUEST\x10\x03\x12\x16\n" +
+	"\x12BALANCER_RING_HASH\x10\x04B6Z4github.com/trellis-mesh/trellis/api/proxy/v1;proxyv1b\x06proto3"
 
 var (
 	file_api_proxy_v1_proxy_proto_rawDescOnce sync.Once
