@@ -37,3 +37,27 @@ proto: ## regenerate api/proxy/v1 (needs protoc)
 
 clean:
 	rm -rf $(BIN)
+
+.PHONY: cluster-up cluster-down
+
+cluster-up: ## bring up a single-node Kubernetes test cluster (root; see test/cluster/README.md)
+	./test/cluster/up.sh
+
+cluster-down: ## tear the test cluster down, leaving nothing behind
+	./test/cluster/down.sh
+
+# Benchmarks (bench/): not part of `make test`. `bench` runs the full comparison
+# (about 3 minutes) and writes bench/results/latest.json; `bench-smoke` is a short
+# one-round run that fails when a configuration breaks or a request fails.
+.PHONY: bench bench-smoke bench-tools
+BENCH_ARGS ?=
+
+bench-tools:
+	bench/setup.sh
+	$(GO) build -o bench/.bin/trellis-bench ./bench/cmd/trellis-bench
+
+bench: build bench-tools ## compare direct, trellis, nginx and haproxy (3 rounds, ~3 min)
+	bench/.bin/trellis-bench --out bench/results/latest.json $(BENCH_ARGS)
+
+bench-smoke: build bench-tools ## a 2 s, 1-round run of the benchmark harness that fails on breakage
+	bench/.bin/trellis-bench --duration 2s --warmup 0s --rounds 1 --probes 1 --fail-on-errors --out bench/results/smoke.json $(BENCH_ARGS)
