@@ -2,18 +2,15 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"github.com/trellis-mesh/trellis/internal/freeport"
 	"io"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -68,27 +65,8 @@ type env struct {
 	backend string // fortio's echo server for direct and the reference proxies
 }
 
-// freePort picks an unused loopback port below the kernel's ephemeral range,
-// so that outgoing connections cannot take it before the process binds it.
-func freePort() (int, error) {
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if v, err := strconv.Atoi(f[0]); err == nil && v > 11000 {
-				low = v
-			}
-		}
-	}
-	for range 200 {
-		port := 10000 + rand.IntN(low-10000)
-		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err == nil {
-			l.Close()
-			return port, nil
-		}
-	}
-	return 0, errors.New("no free port on 127.0.0.1 below the ephemeral range")
-}
+// freePort picks a loopback port below the ephemeral range.
+func freePort() (int, error) { return freeport.Pick() }
 
 func freeAddr() (string, error) {
 	p, err := freePort()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/trellis-mesh/trellis/internal/controlplane"
+	"github.com/trellis-mesh/trellis/internal/freeport"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/source/local"
 )
@@ -120,33 +120,8 @@ func findProxy(flagValue string) (string, error) {
 	return p, nil
 }
 
-// freePort picks an unused loopback port for a listener that another process
-// will open. It picks below the kernel's ephemeral range, so that outgoing
-// connections, which take ephemeral ports, cannot take it in the meantime.
-func freePort() (int, error) {
-	low := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if v, err := strconv.Atoi(f[0]); err == nil && v > 11000 {
-				low = v
-			}
-		}
-	}
-	for range 200 {
-		port := 10000 + rand.IntN(low-10000)
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			l.Close()
-			return port, nil
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort picks a loopback port for a listener another process will open.
+func freePort() (int, error) { return freeport.Pick() }
 
 func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.account == "" {

@@ -633,9 +633,14 @@ func TestConnectTunnel(t *testing.T) {
 	}
 
 	tunnels := map[string]string{"direction": "outbound", "destination_service": "echo.bookstore", "response_code": "200", "reason": ""}
-	if n := client.requestCount(t, tunnels); n < 2 {
-		t.Errorf("client sidecar: trellis_requests_total%v = %v, want at least 2", tunnels, n)
-	}
+	// A tunnel is counted when the sidecar has closed both sides, a moment
+	// after this end saw EOF.
+	eventually(t, 5*time.Second, func() error {
+		if n := client.requestCount(t, tunnels); n < 2 {
+			return fmt.Errorf("client sidecar: trellis_requests_total%v = %v, want at least 2", tunnels, n)
+		}
+		return nil
+	})
 	eventually(t, 5*time.Second, func() error {
 		var closed float64
 		for _, mm := range server.metricFamily(t, "trellis_tcp_connections_closed_total").GetMetric() {

@@ -2,8 +2,8 @@ package e2e
 
 import (
 	"encoding/json"
+	"github.com/trellis-mesh/trellis/internal/freeport"
 	"io"
-	"net"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -13,12 +13,11 @@ import (
 
 func freeLoopbackPort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Pick()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 func certExpiry(t *testing.T, admin string) time.Time {
