@@ -8,16 +8,18 @@ import (
 )
 
 // TestP2CMovesLoadFromSlowEndpoint runs two bookstore endpoints behind real
-// sidecars, one answering ten times slower, and checks that the client's
-// sidecar (peak-EWMA P2C, the default) sends it few of the requests.
+// sidecars, one answering fifty times slower, and checks that the client's
+// sidecar (peak-EWMA P2C, the default) sends it few of the requests. Peak-EWMA
+// reacts at once to a slow sample, so on a saturated machine a scheduling stall
+// can make the fast endpoint look slow for a while: the margins are wide, and
+// the test does not run in parallel with others.
 func TestP2CMovesLoadFromSlowEndpoint(t *testing.T) {
-	t.Parallel()
 	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 		w.Write([]byte("slow"))
 	})
 	fast := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 		w.Write([]byte("fast"))
 	})
 	m := newMesh(t, permissiveMesh)
@@ -33,8 +35,8 @@ func TestP2CMovesLoadFromSlowEndpoint(t *testing.T) {
 			got[string(body)]++
 		}
 	}
-	if share := float64(got["slow"]) / 270; share > 0.15 {
-		t.Errorf("the slow endpoint served %.0f%% of requests after warm-up (%v), want under 15%% (round robin would give 50%%)", 100*share, got)
+	if share := float64(got["slow"]) / 270; share > 0.25 {
+		t.Errorf("the slow endpoint served %.0f%% of requests after warm-up (%v), want under 25%% (round robin would give 50%%)", 100*share, got)
 	}
 }
 
