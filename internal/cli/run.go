@@ -35,6 +35,7 @@ type runOptions struct {
 	readyTimeout             time.Duration
 	withdrawDelay            time.Duration
 	stopTimeout              time.Duration
+	accessLog                bool
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -67,6 +68,7 @@ A service port defaults to --port; the protocol defaults to http.`,
 	f.DurationVar(&o.readyTimeout, "ready-timeout", 30*time.Second, "how long to wait for the sidecar and the program to be ready")
 	f.DurationVar(&o.withdrawDelay, "withdraw-delay", 500*time.Millisecond, "at shutdown, how long to keep serving after withdrawing the endpoint, while callers learn of it")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 10*time.Second, "how long the program may take to exit after SIGTERM before SIGKILL")
+	f.BoolVar(&o.accessLog, "access-log", true, "the sidecar writes a JSON access log line per request to stdout")
 	return cmd
 }
 
@@ -179,6 +181,9 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 	}
 	if o.port != 0 {
 		proxyArgs = append(proxyArgs, "--app", fmt.Sprintf("127.0.0.1:%d", o.port))
+	}
+	if !o.accessLog {
+		proxyArgs = append(proxyArgs, "--access-log=false")
 	}
 	proxy := exec.Command(proxyBin, proxyArgs...)
 	proxy.Env = append(os.Environ(), "TRELLIS_JOIN_TOKEN="+reg.Token)
