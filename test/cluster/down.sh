@@ -79,32 +79,45 @@ pod_processes() {
 	done | sort -u
 }
 
-# stop SIGNAL TIMEOUT WHAT PID... signals the PIDs, waits up to TIMEOUT
-# seconds, then kills what is left.
+# live succeeds while PID runs. An exited process that init has not reaped yet
+# (a zombie) holds nothing and counts as gone.
+live() {
+	local stat
+	{ read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+	stat=${stat##*) }
+	[[ ${stat:0:1} != Z ]]
+}
+
+# stop SIGNAL GRACE WHAT PID... signals the PIDs, waits up to GRACE seconds
+# for them to exit, then kills what is left. The cluster is thrown away, so a
+# short grace is enough.
 stop() {
-	local sig=$1 timeout=$2 what=$3
+	local sig=$1 grace=$2 what=$3
 	shift 3
 	(($# > 0)) || return 0
 	log "stopping $what"
 	kill "-$sig" "$@" 2>/dev/null || true
-	local deadline=$((SECONDS + timeout)) pid left
+	local tries=$((grace * 10)) pid left
 	while :; do
 		left=()
-		for pid in "$@"; do [[ -d /proc/$pid ]] && left+=("$pid"); done
+		for pid in "$@"; do if live "$pid"; then left+=("$pid"); fi; done
 		((${#left[@]} == 0)) && return 0
-		((SECONDS >= deadline)) && break
+		((tries-- <= 0)) && break
 		sleep 0.1
 	done
-	log "killing $what still running after ${timeout}s: ${left[*]}"
+	log "killing ${#left[@]} of them still stopping after ${grace}s (${left[*]})"
 	kill -KILL "${left[@]}" 2>/dev/null || true
-	sleep 0.2
+	tries=50
+	for pid in "${left[@]}"; do
+		while live "$pid" && ((tries-- > 0)); do sleep 0.1; done
+	done
 }
 
 stop_processes() {
 	local pids
 	# The node agents first, so nothing restarts pods while they go.
 	mapfile -t pids < <(recorded_alive kubelet kube-proxy kube-controller-manager kube-scheduler)
-	stop TERM 10 "kubelet, kube-proxy, controller-manager and scheduler" "${pids[@]}"
+	stop TERM 2 "kubelet, kube-proxy, controller-manager and scheduler" "${pids[@]}"
 
 	local deadline=$((SECONDS + 10))
 	mapfile -t pids < <(pod_processes)
@@ -120,7 +133,7 @@ stop_processes() {
 	local roots
 	mapfile -t roots < <(recorded_alive containerd kube-apiserver socat etcd)
 	mapfile -t pids < <(descendants "${roots[@]}")
-	stop TERM 10 "containerd, kube-apiserver, socat and etcd" "${roots[@]}" "${pids[@]}"
+	stop TERM 2 "containerd, kube-apiserver, socat and etcd" "${roots[@]}" "${pids[@]}"
 }
 
 # --- mounts, cgroups, network -----------------------------------------------
@@ -167,8 +180,9 @@ remove_network() {
 	conntrack -D -d "$SERVICE_CIDR" >/dev/null 2>&1 || true
 }
 
-# clean_iptables deletes, in every table, the rules that jump to KUBE-* or
-# CNI-* chains, then those chains, then the tables the cluster created.
+# clean_iptables deletes, in every table, the rules that jump to the cluster's
+# chains (KUBE-*, CNI-*, TRELLIS-*), then those chains, then the tables the
+# cluster created.
 clean_iptables() {
 	local t=$1 family=$2 table rule chain chains removed=0
 	command -v "$t" >/dev/null || return 0
@@ -179,8 +193,8 @@ clean_iptables() {
 			shift 2
 			"$t" -w -t "$table" -D "$chain" "$@" 2>/dev/null || true
 			removed=$((removed + 1))
-		done < <("$t" -w -t "$table" -S | grep -E '^-A [A-Z]+ .*-[jg] (KUBE|CNI)-' || true)
-		mapfile -t chains < <("$t" -w -t "$table" -S | sed -nE 's/^-N ((KUBE|CNI)-[^ ]+)$/\1/p')
+		done < <("$t" -w -t "$table" -S | grep -E "^-A [A-Z]+ .*-[jg] $CHAIN_PATTERN" || true)
+		mapfile -t chains < <("$t" -w -t "$table" -S | sed -nE "s/^-N (${CHAIN_PATTERN}[^ ]+)\$/\1/p")
 		for chain in "${chains[@]}"; do "$t" -w -t "$table" -F "$chain"; done
 		for chain in "${chains[@]}"; do "$t" -w -t "$table" -X "$chain"; done
 		removed=$((removed + ${#chains[@]}))
@@ -209,7 +223,11 @@ restore_host() {
 	rm -rf /var/lib/cni/results/trellis-* 2>/dev/null || true
 	local p
 	for p in "${ABSENT[@]}"; do
-		rm -rf "$p"
+		if [[ $p == /run/mount ]]; then
+			rmdir "$p" 2>/dev/null || true
+		else
+			rm -rf "$p"
+		fi
 	done
 }
 
@@ -226,7 +244,7 @@ leftovers() {
 	if ip link show "$BRIDGE" >/dev/null 2>&1; then log "left behind: interface $BRIDGE"; found=1; fi
 	local t
 	for t in iptables ip6tables; do
-		if "$t-save" 2>/dev/null | grep -qE '^:(KUBE|CNI)-|-j (KUBE|CNI)-'; then log "left behind: $t KUBE-*/CNI-* rules"; found=1; fi
+		if "$t-save" 2>/dev/null | grep -qE "^:$CHAIN_PATTERN|-[jg] $CHAIN_PATTERN"; then log "left behind: $t cluster chains or rules"; found=1; fi
 	done
 	ls -d /sys/fs/cgroup/*/kubepods >/dev/null 2>&1 && { log "left behind: kubepods cgroups"; found=1; }
 	[[ -e $RUN_DIR ]] && { log "left behind: $RUN_DIR"; found=1; }
@@ -237,6 +255,10 @@ main() {
 	if [[ ! -e $RUN_DIR ]]; then
 		log "no cluster in $RUN_DIR; nothing to do"
 		return
+	fi
+	# Never empty a directory that up.sh did not make.
+	if [[ ! -f $STATE && -n $(ls -A "$RUN_DIR") ]]; then
+		die "$RUN_DIR has no state file, so it is not a cluster that up.sh started; set TRELLIS_CLUSTER_DIR to the cluster's run directory, or remove it yourself"
 	fi
 	read_state
 	stop_processes

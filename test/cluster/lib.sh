@@ -21,6 +21,7 @@ POD_CIDR=10.244.0.0/24
 BRIDGE=cni0
 BRIDGE_ADDR=10.244.0.1
 SERVICE_CIDR=10.96.0.0/16
+KUBERNETES_SERVICE_IP=10.96.0.1
 NODE_NAME=trellis-node
 
 SCRIPT_START=${SCRIPT_START:-$EPOCHREALTIME}
@@ -76,7 +77,9 @@ esac
 
 # Host paths that the components create outside the run directory whatever
 # they are told. up.sh records which of them existed; down.sh removes the rest.
-HOST_PATHS=(/var/lib/cni /var/log/containers /run/containerd)
+# /run/mount belongs to util-linux's mount(8), which the kubelet and down.sh
+# run; it is removed only when empty.
+HOST_PATHS=(/var/lib/cni /var/log/containers /run/containerd /run/mount)
 
 # Kernel settings the cluster changes (up.sh, the bridge plugin, the kubelet).
 # up.sh records them; down.sh puts them back.
@@ -92,6 +95,10 @@ SYSCTLS=(
 	kernel.keys.root_maxkeys
 	kernel.keys.root_maxbytes
 )
+
+# Chains the cluster's components and up.sh create, by prefix: KUBE- (kubelet,
+# kube-proxy), CNI- (bridge and portmap plugins), TRELLIS- (up.sh's egress guard).
+CHAIN_PATTERN='(KUBE|CNI|TRELLIS)-'
 
 # Ports the cluster listens on; up.sh refuses to start when one is taken.
 PORTS=(2379 2380 6443 10248 10249 10250 10256 10257 10259)
@@ -112,17 +119,21 @@ lock() {
 # which tells a live process from a later one that reused its PID.
 start_time() {
 	local stat
-	stat=$(<"/proc/$1/stat") 2>/dev/null || return 1
+	{ read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
 	stat=${stat##*) }
 	# After the command name, field 22 is the 20th.
 	awk '{ print $20 }' <<<"$stat"
 }
 
-# alive reports whether PID still is the process that started at START.
+# alive reports whether PID still is the process that started at START and
+# has not exited (an exited process that init has not reaped yet is a zombie:
+# it holds nothing and counts as gone).
 alive() {
-	local pid=$1 start=$2 now
-	now=$(start_time "$pid" 2>/dev/null) || return 1
-	[[ $now == "$start" ]]
+	local pid=$1 start=$2 stat
+	{ read -r stat <"/proc/$pid/stat"; } 2>/dev/null || return 1
+	stat=${stat##*) }
+	[[ ${stat:0:1} != Z ]] || return 1
+	[[ $(awk '{ print $20 }' <<<"$stat") == "$start" ]]
 }
 
 # kctl runs the cluster's kubectl with the admin kubeconfig.

@@ -93,7 +93,7 @@ preflight() {
 	for port in "${PORTS[@]}"; do
 		if ss -Hltn "sport = :$port" | grep -q .; then busy+=("$port"); fi
 	done
-	((${#busy[@]} == 0)) || die "ports ${busy[*]} are in use; stop what listens there (ss -ltnp) or run down.sh if it is an old cluster"
+	((${#busy[@]} == 0)) || die "in use: port ${busy[*]}; stop what listens there (ss -ltnp) or run down.sh if it is an old cluster"
 	if ip link show "$BRIDGE" >/dev/null 2>&1; then
 		die "network interface $BRIDGE already exists; another cluster may be using it (delete it with: ip link del $BRIDGE)"
 	fi
@@ -103,8 +103,8 @@ preflight() {
 	done
 	local t
 	for t in iptables ip6tables; do
-		if "$t-save" 2>/dev/null | grep -qE '^:(KUBE|CNI)-'; then
-			die "$t has KUBE-* or CNI-* chains from another cluster; remove them (flush and delete those chains) before starting this one"
+		if "$t-save" 2>/dev/null | grep -qE "^:$CHAIN_PATTERN"; then
+			die "$t has KUBE-*, CNI-* or TRELLIS-* chains from another cluster; run down.sh, or flush and delete those chains, before starting this one"
 		fi
 	done
 }
@@ -147,19 +147,36 @@ make_pki() {
 	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
 		-keyout "$PKI/ca.key" -out "$PKI/ca.crt" -subj "/CN=trellis-test-ca" \
 		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
-	local client=extendedKeyUsage=clientAuth
+	# The certificates are independent: make them in parallel.
+	local client=extendedKeyUsage=clientAuth pids=()
 	cert apiserver "/CN=kube-apiserver" "extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:$BRIDGE_ADDR,IP:${SERVICE_CIDR%.*.*}.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=IP:127.0.0.1,IP:$BRIDGE_ADDR,IP:$KUBERNETES_SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" &
+	pids+=($!)
 	cert kubelet "/CN=$NODE_NAME" "extendedKeyUsage=serverAuth
-subjectAltName=IP:$BRIDGE_ADDR,IP:127.0.0.1,DNS:$NODE_NAME"
-	cert admin "/O=system:masters/CN=trellis-admin" "$client"
-	cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
-	cert controller-manager "/CN=system:kube-controller-manager" "$client"
-	cert scheduler "/CN=system:kube-scheduler" "$client"
-	cert kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME" "$client"
-	cert kube-proxy "/CN=system:kube-proxy" "$client"
-	openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/sa.key" 2>/dev/null
-	openssl ec -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+subjectAltName=IP:$BRIDGE_ADDR,IP:127.0.0.1,DNS:$NODE_NAME" &
+	pids+=($!)
+	local spec name subject
+	for spec in \
+		"admin|/O=system:masters/CN=trellis-admin" \
+		"apiserver-kubelet-client|/O=system:masters/CN=kube-apiserver-kubelet-client" \
+		"front-proxy-client|/CN=front-proxy-client" \
+		"controller-manager|/CN=system:kube-controller-manager" \
+		"scheduler|/CN=system:kube-scheduler" \
+		"kubelet-client|/O=system:nodes/CN=system:node:$NODE_NAME" \
+		"kube-proxy|/CN=system:kube-proxy"; do
+		name=${spec%%|*} subject=${spec#*|}
+		cert "$name" "$subject" "$client" &
+		pids+=($!)
+	done
+	{
+		openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/sa.key" 2>/dev/null &&
+			openssl ec -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+	} &
+	pids+=($!)
+	local pid
+	for pid in "${pids[@]}"; do
+		wait "$pid" || die "making the cluster certificates with openssl failed"
+	done
 }
 
 # kubeconfig FILE CERT writes a kubeconfig that authenticates with CERT.
@@ -205,7 +222,6 @@ root = "$RUN_DIR/containerd/root"
 state = "$RUN_DIR/containerd/state"
 disabled_plugins = [
   "io.containerd.internal.v1.opt",
-  "io.containerd.runtime.v1.linux",
   "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper",
@@ -277,6 +293,7 @@ failCgroupV1: false
 failSwapOn: false
 containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
 podLogsDir: $RUN_DIR/pod-logs
+volumePluginDir: $RUN_DIR/kubelet/volume-plugins
 authentication:
   anonymous:
     enabled: false
@@ -326,6 +343,22 @@ conntrack:
 EOF
 }
 
+# --- egress guard -----------------------------------------------------------
+
+# guard_egress makes sure no packet of the cluster leaves the machine: pod
+# traffic routed out of any interface but the bridge is dropped (in mangle, so
+# before any ACCEPT of kube-proxy's), and host traffic to a service address
+# that kube-proxy did not translate is rejected (filter OUTPUT runs after the
+# NAT that translates the ones it knows).
+guard_egress() {
+	iptables -w -t mangle -N TRELLIS-EGRESS
+	iptables -w -t mangle -A TRELLIS-EGRESS -j DROP
+	iptables -w -t mangle -I FORWARD 1 -i "$BRIDGE" ! -o "$BRIDGE" -m comment --comment "trellis test cluster: pods stay on this machine" -j TRELLIS-EGRESS
+	iptables -w -t filter -N TRELLIS-EGRESS
+	iptables -w -t filter -A TRELLIS-EGRESS -j REJECT
+	iptables -w -t filter -I OUTPUT 1 -d "$SERVICE_CIDR" -m comment --comment "trellis test cluster: untranslated service addresses stay on this machine" -j TRELLIS-EGRESS
+}
+
 # --- processes --------------------------------------------------------------
 
 # start NAME COMMAND... runs COMMAND in its own session, logging to
@@ -333,7 +366,8 @@ EOF
 start() {
 	local name=$1
 	shift
-	setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+	# fd 9 holds the cluster lock; the daemons must not keep it.
+	setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null 9<&- &
 	local pid=$!
 	echo "pid $name $pid $(start_time "$pid")" >>"$STATE"
 }
@@ -400,7 +434,7 @@ node_ready() {
 # service_rule_ready succeeds once kube-proxy has programmed the kubernetes
 # Service, so probing its ClusterIP stays on this machine.
 service_rule_ready() {
-	iptables-save -t nat | grep -q -- "-d ${SERVICE_CIDR%.*.*}.0.1/32 .*-j KUBE-SVC-"
+	iptables-save -t nat | grep -q -- "-d $KUBERNETES_SERVICE_IP/32 .*-j KUBE-SVC-"
 }
 
 check_deployment() {
@@ -432,15 +466,26 @@ EOF
 	kctl delete deployment cluster-check --wait=false >/dev/null
 }
 
+# healthz URL succeeds when a component's health endpoint answers 200. The
+# endpoints need no credentials; their serving certificates are self-signed.
+healthz() {
+	curl -skf --max-time 2 "$1" >/dev/null
+}
+
 readiness() {
+	await kubelet 30 "kubelet /healthz" healthz http://127.0.0.1:10248/healthz
+	await kube-proxy 30 "kube-proxy /healthz" healthz http://127.0.0.1:10256/healthz
+	await kube-scheduler 30 "kube-scheduler /healthz" healthz https://127.0.0.1:10259/healthz
+	await kube-controller-manager 30 "kube-controller-manager /healthz" healthz https://127.0.0.1:10257/healthz
+	log "kubelet, kube-proxy, scheduler and controller-manager healthy"
 	await kubelet 60 "node $NODE_NAME to register" kctl get node "$NODE_NAME"
 	await kubelet 60 "node $NODE_NAME to be Ready" node_ready
 	log "node $NODE_NAME Ready"
 	await kube-controller-manager 60 "ServiceAccount default/default" kctl get serviceaccount default -n default
 	log "ServiceAccount default/default exists"
 	await kube-proxy 30 "kube-proxy to program the kubernetes Service" service_rule_ready
-	await kube-apiserver 10 "the kubernetes Service (${SERVICE_CIDR%.*.*}.0.1:443) to answer" \
-		curl -sf --max-time 2 --cacert "$PKI/ca.crt" "https://${SERVICE_CIDR%.*.*}.0.1/readyz"
+	await kube-apiserver 10 "the kubernetes Service ($KUBERNETES_SERVICE_IP:443) to answer" \
+		curl -sf --max-time 2 --cacert "$PKI/ca.crt" "https://$KUBERNETES_SERVICE_IP/readyz"
 	log "kubernetes Service answers on its ClusterIP"
 }
 
@@ -463,9 +508,11 @@ main() {
 	local pause_tar=$IMAGE_DIR/current/pause.tar
 	preflight
 
-	mkdir -p "$RUN_DIR" "$LOGS"
+	mkdir -p "$RUN_DIR"
 	: >"$STATE"
+	mkdir -p "$LOGS"
 	trap on_exit EXIT
+	trap 'exit 130' INT TERM
 	record_host
 	make_pki
 	write_configs
@@ -476,8 +523,9 @@ main() {
 	ip link add "$BRIDGE" type bridge
 	ip addr add "$BRIDGE_ADDR/${POD_CIDR#*/}" dev "$BRIDGE"
 	ip link set "$BRIDGE" up
+	guard_egress
 	sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
-	log "bridge $BRIDGE up with $BRIDGE_ADDR"
+	log "bridge $BRIDGE up with $BRIDGE_ADDR; egress from pods and to unknown service addresses blocked"
 
 	start etcd etcd --name trellis --data-dir "$RUN_DIR/etcd" \
 		--listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
@@ -503,6 +551,10 @@ main() {
 		--kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
 		--kubelet-certificate-authority="$PKI/ca.crt" \
 		--kubelet-preferred-address-types=InternalIP \
+		--requestheader-client-ca-file="$PKI/ca.crt" --requestheader-allowed-names=front-proxy-client \
+		--requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+		--requestheader-extra-headers-prefix=X-Remote-Extra- \
+		--proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
 		--profiling=false
 
 	await containerd 30 "containerd to answer" ctr --address "$CONTAINERD_SOCK" version
@@ -531,7 +583,6 @@ main() {
 		--config="$RUN_DIR/etc/kubelet.yaml" \
 		--kubeconfig="$RUN_DIR/etc/kubelet.kubeconfig" \
 		--root-dir="$RUN_DIR/kubelet" \
-		--volume-plugin-dir="$RUN_DIR/kubelet/volume-plugins" \
 		--hostname-override="$NODE_NAME" --node-ip="$BRIDGE_ADDR"
 	start kube-proxy "$K8S_BIN/kube-proxy" --config="$RUN_DIR/etc/kube-proxy.yaml"
 	log "controller-manager, scheduler, kubelet and kube-proxy started"
