@@ -52,7 +52,7 @@ workload ID, NAMESPACE/NAME, or NAME when it is unique.`,
 func findWorkload(ws []local.WorkloadStatus, q string) (local.WorkloadStatus, error) {
 	var hits []local.WorkloadStatus
 	for _, w := range ws {
-		if w.ID == q || w.Identity.Namespace+"/"+w.Name == q || w.Name == q {
+		if w.Matches(q) {
 			hits = append(hits, w)
 		}
 	}

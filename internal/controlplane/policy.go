@@ -40,7 +40,7 @@ type PolicyQuery struct {
 func resolveWorkloads(ws []*model.Workload, q string) []*model.Workload {
 	var hits []*model.Workload
 	for _, w := range ws {
-		if w.ID == q || w.Identity.Namespace+"/"+w.Name == q || w.Name == q {
+		if w.Matches(q) {
 			hits = append(hits, w)
 		}
 	}

@@ -104,6 +104,12 @@ type Workload struct {
 	Ready bool `json:"ready"`
 }
 
+// Matches says whether the workload answers to q, as users name workloads on
+// the command line: its ID, namespace/name, or name.
+func (w *Workload) Matches(q string) bool {
+	return w.ID == q || w.Identity.Namespace+"/"+w.Name == q || w.Name == q
+}
+
 // WeightedBackend is one leg of a traffic split.
 type WeightedBackend struct {
 	Service string `json:"service"`
