@@ -125,6 +125,26 @@ func findProxy(flagValue string) (string, error) {
 // freePort picks a loopback port for a listener another process will open.
 func freePort() (int, error) { return freeport.Pick() }
 
+// bindLoopback opens n listeners on kernel-chosen ports of 127.0.0.1.
+func bindLoopback(n int) ([]net.Listener, error) {
+	var lns []net.Listener
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			closeAll(lns)
+			return nil, fmt.Errorf("bind a sidecar listener: %w", err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+func closeAll(lns []net.Listener) {
+	for _, ln := range lns {
+		ln.Close()
+	}
+}
+
 func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.account == "" {
 		return errors.New("--account is required: it is the workload's identity")
@@ -144,15 +164,15 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 	if err != nil {
 		return err
 	}
-	var ports [3]int
-	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
-			return err
-		}
+	// The sidecar's listeners are bound here and handed over as inherited
+	// sockets: their ports are known before registration and cannot be taken by
+	// another process in between.
+	lns, err := bindLoopback(3)
+	if err != nil {
+		return err
 	}
-	inbound := fmt.Sprintf("127.0.0.1:%d", ports[0])
-	outbound := fmt.Sprintf("127.0.0.1:%d", ports[1])
-	admin := fmt.Sprintf("127.0.0.1:%d", ports[2])
+	defer closeAll(lns)
+	inbound, outbound, admin := lns[0].Addr().String(), lns[1].Addr().String(), lns[2].Addr().String()
 
 	// Signals are handled here from now on: the order of shutdown matters.
 	sigs := make(chan os.Signal, 2)
@@ -177,7 +197,7 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 		"--control-plane", c.Info.GRPC,
 		"--ca-file", filepath.Join(o.stateDir, controlplane.CAFile),
 		"--workload-id", reg.ID,
-		"--inbound", inbound, "--outbound", outbound, "--admin", admin,
+		"--inbound", "fd:3", "--outbound", "fd:4", "--admin", "fd:5",
 	}
 	if o.port != 0 {
 		proxyArgs = append(proxyArgs, "--app", fmt.Sprintf("127.0.0.1:%d", o.port))
@@ -189,7 +209,20 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 	proxy.Env = append(os.Environ(), "TRELLIS_JOIN_TOKEN="+reg.Token)
 	proxy.Stdout, proxy.Stderr = stdout, stderr
 	proxy.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := proxy.Start(); err != nil {
+	for _, ln := range lns {
+		f, err := ln.(*net.TCPListener).File()
+		if err != nil {
+			return fmt.Errorf("hand listener %s to the sidecar: %w", ln.Addr(), err)
+		}
+		proxy.ExtraFiles = append(proxy.ExtraFiles, f) // fd 3, 4, 5
+	}
+	err = proxy.Start()
+	// The sidecar holds the sockets now; ours would only keep them open.
+	for _, f := range proxy.ExtraFiles {
+		f.Close()
+	}
+	closeAll(lns)
+	if err != nil {
 		return fmt.Errorf("start sidecar %s: %w", proxyBin, err)
 	}
 	proxyDone := make(chan error, 1)

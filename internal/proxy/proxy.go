@@ -18,6 +18,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +42,9 @@ type Options struct {
 	Credential   string // join token or service-account token
 	WorkloadID   string // as registered
 
+	// Listen addresses, host:port, or fd:N for a listening socket inherited as
+	// file descriptor N (how `trellis run` hands over sockets it bound itself,
+	// so that no port is chosen and then lost to another process).
 	InboundAddr  string // mTLS listener for peers; default 127.0.0.1:15003
 	OutboundAddr string // the app's HTTP proxy; default 127.0.0.1:15001
 	AdminAddr    string // /ready, /config, /metrics; default 127.0.0.1:15000
@@ -64,9 +69,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.ControlPlane, "control-plane", "127.0.0.1:15128", "control plane gRPC `address`")
 	fs.StringVar(&o.CAFile, "ca-file", "", "PEM `file` of the roots that verify the control plane (required)")
 	fs.StringVar(&o.WorkloadID, "workload-id", "", "registered workload `id` (required)")
-	fs.StringVar(&o.InboundAddr, "inbound", "127.0.0.1:15003", "inbound mTLS listen `address`")
-	fs.StringVar(&o.OutboundAddr, "outbound", "127.0.0.1:15001", "outbound (app's HTTP proxy) listen `address`")
-	fs.StringVar(&o.AdminAddr, "admin", "127.0.0.1:15000", "admin listen `address`")
+	fs.StringVar(&o.InboundAddr, "inbound", "127.0.0.1:15003", "inbound mTLS listen `address` (host:port, or fd:N for an inherited socket)")
+	fs.StringVar(&o.OutboundAddr, "outbound", "127.0.0.1:15001", "outbound (app's HTTP proxy) listen `address` (host:port or fd:N)")
+	fs.StringVar(&o.AdminAddr, "admin", "127.0.0.1:15000", "admin listen `address` (host:port or fd:N)")
 	fs.StringVar(&o.AppAddr, "app", "", "the app's `address`, host:port (empty: the app serves nothing)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 10*time.Second, "how long in-flight requests may finish at shutdown")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 5*time.Minute, "drop a destination's watch when unused this long")
@@ -183,16 +188,16 @@ func (p *Proxy) Listening() <-chan struct{} { return p.listening }
 // Run certifies, starts the listeners and serves until ctx ends, then drains.
 func (p *Proxy) Run(ctx context.Context) error {
 	start := time.Now()
-	inLn, err := net.Listen("tcp", p.opts.InboundAddr)
+	inLn, err := listen(p.opts.InboundAddr)
 	if err != nil {
 		return fmt.Errorf("inbound listener: %w", err)
 	}
-	outLn, err := net.Listen("tcp", p.opts.OutboundAddr)
+	outLn, err := listen(p.opts.OutboundAddr)
 	if err != nil {
 		inLn.Close()
 		return fmt.Errorf("outbound listener: %w", err)
 	}
-	admLn, err := net.Listen("tcp", p.opts.AdminAddr)
+	admLn, err := listen(p.opts.AdminAddr)
 	if err != nil {
 		inLn.Close()
 		outLn.Close()
@@ -268,6 +273,29 @@ func (p *Proxy) Run(ctx context.Context) error {
 	acc.Close()
 	p.log.Info("stopped")
 	return nil
+}
+
+// listen opens a TCP listener on host:port, or takes over the listening socket
+// inherited as file descriptor N for "fd:N".
+func listen(addr string) (net.Listener, error) {
+	num, ok := strings.CutPrefix(addr, "fd:")
+	if !ok {
+		return net.Listen("tcp", addr)
+	}
+	fd, err := strconv.Atoi(num)
+	if err != nil || fd < 3 {
+		return nil, fmt.Errorf("%q: want fd:N with N ≥ 3, an inherited listening socket", addr)
+	}
+	f := os.NewFile(uintptr(fd), "listener-"+num)
+	if f == nil {
+		return nil, fmt.Errorf("%q: file descriptor %d is not open", addr, fd)
+	}
+	defer f.Close() // FileListener holds its own duplicate
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("%q: not a listening socket: %w", addr, err)
+	}
+	return ln, nil
 }
 
 func (p *Proxy) sweepLoop(ctx context.Context) {
