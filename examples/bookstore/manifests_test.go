@@ -79,7 +79,7 @@ func TestManifestsAreAllEmbedded(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"mesh-config-permissive.yaml", "mesh-config-strict.yaml", "traffic-access.yaml",
+		"httproute-canary.yaml", "mesh-config-permissive.yaml", "mesh-config-strict.yaml", "traffic-access.yaml",
 		"traffic-split-50-50.yaml", "traffic-split-v1.yaml", "traffic-split-v2.yaml",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {

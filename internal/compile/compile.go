@@ -89,32 +89,60 @@ func Destination(s *model.Snapshot, t Target) *proxyv1.DestinationConfig {
 	dc.Service = t.Service.Name + "." + t.Service.Namespace
 	dc.Protocol = string(sp.Protocol)
 
-	route := &proxyv1.Route{Name: "default"}
-	backendKeys := []model.Key{t.Service}
-	dc.Source = "Service " + t.Service.String()
-	if split, ok := s.Split(t.Service); ok {
-		dc.Source = "TrafficSplit " + split.Key.String()
-		backendKeys = backendKeys[:0]
-		for _, b := range split.Backends {
-			k := model.Key{Namespace: t.Service.Namespace, Name: b.Service}
-			backendKeys = append(backendKeys, k)
-			route.Backends = append(route.Backends, &proxyv1.WeightedBackend{Backend: k.Name + "." + k.Namespace, Weight: uint32(b.Weight)})
+	var refs []backendRef
+	if routes := s.RoutesFor(t.Service, t.Port); len(routes) > 0 {
+		var sources []string
+		for _, r := range routes {
+			sources = append(sources, string(r.Kind)+" "+r.Key.String())
 		}
+		dc.Source = strings.Join(sources, ", ")
+		dc.Routes, refs = gatewayRoutes(routes, t)
 	} else {
-		route.Backends = []*proxyv1.WeightedBackend{{Backend: dc.Service, Weight: 1}}
+		route := &proxyv1.Route{Name: "default"}
+		refs = []backendRef{{t.Service, t.Port}}
+		dc.Source = "Service " + t.Service.String()
+		if split, ok := s.Split(t.Service); ok {
+			dc.Source = "TrafficSplit " + split.Key.String()
+			refs = refs[:0]
+			for _, b := range split.Backends {
+				ref := backendRef{model.Key{Namespace: t.Service.Namespace, Name: b.Service}, t.Port}
+				refs = append(refs, ref)
+				route.Backends = append(route.Backends, &proxyv1.WeightedBackend{Backend: ref.name(t.Port), Weight: uint32(b.Weight)})
+			}
+		} else {
+			route.Backends = []*proxyv1.WeightedBackend{{Backend: dc.Service, Weight: 1}}
+		}
+		dc.Routes = []*proxyv1.Route{route}
 	}
-	dc.Routes = []*proxyv1.Route{route}
 
-	seen := map[model.Key]bool{}
-	for _, k := range backendKeys {
-		if seen[k] {
+	seen := map[backendRef]bool{}
+	for _, ref := range refs {
+		if seen[ref] {
 			continue
 		}
-		seen[k] = true
-		dc.Backends = append(dc.Backends, backend(s, k, t.Port))
+		seen[ref] = true
+		b := backend(s, ref.service, ref.port)
+		b.Name = ref.name(t.Port)
+		dc.Backends = append(dc.Backends, b)
 	}
 	sort.Slice(dc.Backends, func(i, j int) bool { return dc.Backends[i].Name < dc.Backends[j].Name })
 	return seal(dc)
+}
+
+// backendRef is a backend service on a port.
+type backendRef struct {
+	service model.Key
+	port    int
+}
+
+// name is how routes refer to the backend: "name.namespace", with ":port" when
+// the port is not the one the caller called.
+func (b backendRef) name(called int) string {
+	n := b.service.Name + "." + b.service.Namespace
+	if b.port != called {
+		n += ":" + strconv.Itoa(b.port)
+	}
+	return n
 }
 
 func backend(s *model.Snapshot, k model.Key, port int) *proxyv1.Backend {

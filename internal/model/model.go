@@ -195,6 +195,9 @@ type Problem struct {
 	Object  string `json:"object"` // Kind namespace/name
 	Field   string `json:"field,omitempty"`
 	Message string `json:"message"`
+	// Warning marks a finding that changes nothing the user asked for being
+	// accepted: the resources stay in force, and this says how they combine.
+	Warning bool `json:"warning,omitempty"`
 }
 
 func (p Problem) Error() string {
@@ -212,4 +215,124 @@ func sortKeys(keys []Key) {
 		}
 		return keys[i].Name < keys[j].Name
 	})
+}
+
+// RouteKind is the Gateway API kind a Route came from.
+type RouteKind string
+
+// Route kinds.
+const (
+	RouteKindHTTP RouteKind = "HTTPRoute"
+	RouteKindGRPC RouteKind = "GRPCRoute"
+)
+
+// Route is a Gateway API HTTPRoute or GRPCRoute attached to services (GAMMA: its
+// parentRefs are Services). It takes over the routing of requests to its
+// parents: a request matching no rule is answered 404.
+type Route struct {
+	Key     Key           `json:"key"`
+	Kind    RouteKind     `json:"kind"`
+	Parents []RouteParent `json:"parents"`
+	Rules   []RouteRule   `json:"rules"`
+	// Created orders routes of equal precedence, oldest first, as the Gateway
+	// API asks; zero sorts first, then namespace/name.
+	Created time.Time `json:"created,omitempty"`
+}
+
+// RouteParent is a service a Route attaches to, in the Route's namespace unless
+// Namespace says otherwise.
+type RouteParent struct {
+	Service Key `json:"service"`
+	Port    int `json:"port,omitempty"` // 0: every port of the service
+}
+
+// RouteRule is one rule of a Route: its matches (any of them; none matches every
+// request), the filters applied to matching requests, and where they go.
+type RouteRule struct {
+	Name     string         `json:"name,omitempty"`
+	Matches  []RouteMatch   `json:"matches,omitempty"`
+	Filters  RouteFilters   `json:"filters,omitempty"`
+	Backends []RouteBackend `json:"backends,omitempty"`
+	// Timeout bounds the whole request (Gateway API timeouts.request); 0: none.
+	Timeout time.Duration `json:"timeout,omitempty"`
+	// BackendTimeout bounds each try to a backend (timeouts.backendRequest); 0: none.
+	BackendTimeout time.Duration `json:"backendTimeout,omitempty"`
+}
+
+// RouteBackend is a weighted backend service of a rule.
+type RouteBackend struct {
+	Service Key `json:"service"`
+	Port    int `json:"port,omitempty"` // 0: the port the caller called
+	Weight  int `json:"weight"`
+}
+
+// MatchType says how a path, header or query value is compared.
+type MatchType string
+
+// Match types of the Gateway API.
+const (
+	MatchExact      MatchType = "Exact"
+	MatchPathPrefix MatchType = "PathPrefix"
+	MatchRegex      MatchType = "RegularExpression"
+)
+
+// ValueMatch compares one named value (a header or query parameter).
+type ValueMatch struct {
+	Name  string    `json:"name"`
+	Type  MatchType `json:"type"`
+	Value string    `json:"value"`
+}
+
+// RouteMatch is one request match: every part given must hold.
+type RouteMatch struct {
+	PathType  MatchType    `json:"pathType,omitempty"` // empty: any path
+	PathValue string       `json:"pathValue,omitempty"`
+	Method    string       `json:"method,omitempty"`
+	Headers   []ValueMatch `json:"headers,omitempty"`
+	Query     []ValueMatch `json:"query,omitempty"`
+}
+
+// HeaderChanges edit request or response headers.
+type HeaderChanges struct {
+	Set    []Header `json:"set,omitempty"`
+	Add    []Header `json:"add,omitempty"`
+	Remove []string `json:"remove,omitempty"`
+}
+
+// Header is a header name and value.
+type Header struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// PathChange rewrites a path: the whole path, or the prefix a PathPrefix match
+// matched.
+type PathChange struct {
+	ReplaceFullPath    string `json:"replaceFullPath,omitempty"`
+	ReplacePrefixMatch string `json:"replacePrefixMatch,omitempty"`
+	// Prefix says ReplacePrefixMatch is in use (its value may be empty or "/").
+	Prefix bool `json:"prefix,omitempty"`
+}
+
+// Redirect answers a request with a redirect instead of forwarding it.
+type Redirect struct {
+	Scheme     string      `json:"scheme,omitempty"`
+	Hostname   string      `json:"hostname,omitempty"`
+	Port       int         `json:"port,omitempty"`
+	Path       *PathChange `json:"path,omitempty"`
+	StatusCode int         `json:"statusCode"` // 301 or 302 (default 302)
+}
+
+// Rewrite changes a request before it is forwarded.
+type Rewrite struct {
+	Hostname string      `json:"hostname,omitempty"`
+	Path     *PathChange `json:"path,omitempty"`
+}
+
+// RouteFilters are the filters of a rule, at most one of each kind.
+type RouteFilters struct {
+	RequestHeaders  *HeaderChanges `json:"requestHeaders,omitempty"`
+	ResponseHeaders *HeaderChanges `json:"responseHeaders,omitempty"`
+	Redirect        *Redirect      `json:"redirect,omitempty"`
+	Rewrite         *Rewrite       `json:"rewrite,omitempty"`
 }

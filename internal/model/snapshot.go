@@ -18,6 +18,7 @@ type Inputs struct {
 	Targets     []TrafficTarget
 	RouteGroups []HTTPRouteGroup
 	TCPRoutes   []TCPRoute
+	Routes      []Route // Gateway API HTTPRoute and GRPCRoute
 }
 
 // Snapshot is an immutable, validated view of the mesh. Its accessors return
@@ -31,6 +32,8 @@ type Snapshot struct {
 	targets     map[Identity][]*TrafficTarget
 	routeGroups map[Key]*HTTPRouteGroup
 	tcpRoutes   map[Key]*TCPRoute
+	routes      []*Route         // in precedence order: oldest, then namespace/name
+	routesFor   map[Key][]*Route // by parent service
 	problems    []Problem
 }
 
@@ -43,6 +46,7 @@ type canonical struct {
 	Targets     []*TrafficTarget
 	RouteGroups []*HTTPRouteGroup
 	TCPRoutes   []*TCPRoute
+	Routes      []*Route
 }
 
 // Build validates in and returns the snapshot. Objects with problems that make
@@ -55,6 +59,7 @@ func Build(in Inputs) *Snapshot {
 		targets:     map[Identity][]*TrafficTarget{},
 		routeGroups: map[Key]*HTTPRouteGroup{},
 		tcpRoutes:   map[Key]*TCPRoute{},
+		routesFor:   map[Key][]*Route{},
 	}
 	if in.Mesh != nil {
 		s.mesh = *in.Mesh
@@ -95,6 +100,7 @@ func Build(in Inputs) *Snapshot {
 		t := in.Targets[i]
 		s.addTarget(&t)
 	}
+	s.addRoutes(in.Routes)
 	for id := range s.targets {
 		ts := s.targets[id]
 		sort.Slice(ts, func(a, b int) bool { return ts[a].Key.String() < ts[b].Key.String() })
@@ -105,6 +111,10 @@ func Build(in Inputs) *Snapshot {
 
 func (s *Snapshot) problem(obj, field, format string, args ...any) {
 	s.problems = append(s.problems, Problem{Object: obj, Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+func (s *Snapshot) warn(obj, field, format string, args ...any) {
+	s.problems = append(s.problems, Problem{Object: obj, Field: field, Message: fmt.Sprintf(format, args...), Warning: true})
 }
 
 func (s *Snapshot) addService(k Key, ports ...ServicePort) {
@@ -205,6 +215,7 @@ func (s *Snapshot) computeHash() string {
 		c.TCPRoutes = append(c.TCPRoutes, v)
 	}
 	sort.Slice(c.TCPRoutes, func(a, b int) bool { return c.TCPRoutes[a].Key.String() < c.TCPRoutes[b].Key.String() })
+	c.Routes = s.routes
 	b, err := json.Marshal(c)
 	if err != nil {
 		panic("model: snapshot does not marshal: " + err.Error()) // all fields are plain data
@@ -284,6 +295,24 @@ func (s *Snapshot) TCPRoute(k Key) (*TCPRoute, bool) {
 	v, ok := s.tcpRoutes[k]
 	return v, ok
 }
+
+// RoutesFor returns the Gateway API routes attached to service k on port, in
+// precedence order (oldest first, then by namespace/name).
+func (s *Snapshot) RoutesFor(k Key, port int) []*Route {
+	var out []*Route
+	for _, r := range s.routesFor[k] {
+		for _, p := range r.Parents {
+			if p.Service == k && (p.Port == 0 || p.Port == port) {
+				out = append(out, r)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// Routes returns every Gateway API route, in precedence order.
+func (s *Snapshot) Routes() []*Route { return s.routes }
 
 // Problems returns what validation found, in the order found.
 func (s *Snapshot) Problems() []Problem { return s.problems }

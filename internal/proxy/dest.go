@@ -26,9 +26,21 @@ type destination struct {
 
 // route is a DestinationConfig made ready for the hot path.
 type route struct {
-	msg      *proxyv1.DestinationConfig
-	backends []*backend // the default route's legs, weight > 0 only
-	cum      []uint32   // cumulative weights
+	msg   *proxyv1.DestinationConfig
+	rules []*rule // in order; the first whose match accepts a request serves it
+}
+
+// rule is one route of a destination: its match and its weighted legs.
+type rule struct {
+	msg   *proxyv1.Route
+	match *matcher // nil: every request
+	legs
+}
+
+// legs are a rule's weighted backends, weight > 0 only.
+type legs struct {
+	backends []*backend
+	cum      []uint32 // cumulative weights
 	total    uint32
 	// The legs that have endpoints, picked from while there are any: a
 	// version scaled to zero does not fail its share of the requests.
@@ -74,45 +86,66 @@ func newBackend(b *proxyv1.Backend, stats *balance.Stats) *backend {
 func newRoute(m *proxyv1.DestinationConfig) *route { return newRouteStats(m, nil) }
 
 // newRouteStats prepares a config; statsFor, when not nil, gives each backend
-// the state its earlier versions kept.
+// the state its earlier versions kept. Rules that share a backend share its
+// balancer.
 func newRouteStats(m *proxyv1.DestinationConfig, statsFor func(backend string) *balance.Stats) *route {
 	r := &route{msg: m}
 	byName := map[string]*proxyv1.Backend{}
 	for _, b := range m.GetBackends() {
 		byName[b.GetName()] = b
 	}
-	if len(m.GetRoutes()) == 0 {
-		return r
-	}
-	for _, wb := range m.GetRoutes()[0].GetBackends() {
-		b, ok := byName[wb.GetBackend()]
-		if !ok || wb.GetWeight() == 0 {
-			continue
+	made := map[string]*backend{}
+	for _, rm := range m.GetRoutes() {
+		ru := &rule{msg: rm, match: newMatcher(rm.GetMatch())}
+		for _, wb := range rm.GetBackends() {
+			b, ok := byName[wb.GetBackend()]
+			if !ok || wb.GetWeight() == 0 {
+				continue
+			}
+			be := made[b.GetName()]
+			if be == nil {
+				var stats *balance.Stats
+				if statsFor != nil {
+					stats = statsFor(b.GetName())
+				}
+				be = newBackend(b, stats)
+				made[b.GetName()] = be
+			}
+			ru.add(be, wb.GetWeight())
 		}
-		var stats *balance.Stats
-		if statsFor != nil {
-			stats = statsFor(b.GetName())
-		}
-		be := newBackend(b, stats)
-		r.total += wb.GetWeight()
-		r.backends = append(r.backends, be)
-		r.cum = append(r.cum, r.total)
-		if len(b.GetEndpoints()) > 0 {
-			r.readyTotal += wb.GetWeight()
-			r.ready = append(r.ready, be)
-			r.readyCum = append(r.readyCum, r.readyTotal)
-		}
+		r.rules = append(r.rules, ru)
 	}
 	return r
 }
 
-// pick chooses a backend by weight among those with endpoints, or among all
-// when none has any; nil when the route has no backend.
-func (r *route) pick() *backend {
-	if len(r.ready) > 0 {
-		return pickWeighted(r.ready, r.readyCum, r.readyTotal)
+func (l *legs) add(be *backend, weight uint32) {
+	l.total += weight
+	l.backends = append(l.backends, be)
+	l.cum = append(l.cum, l.total)
+	if len(be.msg.GetEndpoints()) > 0 {
+		l.readyTotal += weight
+		l.ready = append(l.ready, be)
+		l.readyCum = append(l.readyCum, l.readyTotal)
 	}
-	return pickWeighted(r.backends, r.cum, r.total)
+}
+
+// match returns the first rule that accepts req; nil when none does.
+func (r *route) match(req *http.Request) *rule {
+	for _, ru := range r.rules {
+		if ru.match.accepts(req) {
+			return ru
+		}
+	}
+	return nil
+}
+
+// pick chooses a backend by weight among those with endpoints, or among all
+// when none has any; nil when the rule has no backend.
+func (l *legs) pick() *backend {
+	if len(l.ready) > 0 {
+		return pickWeighted(l.ready, l.readyCum, l.readyTotal)
+	}
+	return pickWeighted(l.backends, l.cum, l.total)
 }
 
 func pickWeighted(bs []*backend, cum []uint32, total uint32) *backend {

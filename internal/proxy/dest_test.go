@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -76,7 +78,7 @@ func TestPickDistribution(t *testing.T) {
 			r := newRoute(splitConfig(tt.weights, tt.missing...))
 			got := map[string]int{}
 			for range picks {
-				b := r.pick()
+				b := pickFor(r)
 				if b == nil {
 					t.Fatal("pick() = nil, want a backend")
 				}
@@ -109,7 +111,7 @@ func TestPickNone(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if b := newRoute(tt.m).pick(); b != nil {
+			if b := pickFor(newRoute(tt.m)); b != nil {
 				t.Errorf("pick() = %s, want nil", b.msg.GetName())
 			}
 		})
@@ -187,7 +189,7 @@ func TestBackendAllows(t *testing.T) {
 				Routes:   []*proxyv1.Route{{Name: "default", Backends: []*proxyv1.WeightedBackend{{Backend: "bookstore.bookstore", Weight: 1}}}},
 				Backends: []*proxyv1.Backend{withName(tt.backend, "bookstore.bookstore")},
 			})
-			b := r.pick()
+			b := pickFor(r)
 			if b == nil {
 				t.Fatal("pick() = nil")
 			}
@@ -386,7 +388,7 @@ func TestPickPrefersLegsWithEndpoints(t *testing.T) {
 	count := func(r *route) map[string]int {
 		got := map[string]int{}
 		for range 2000 {
-			got[r.pick().msg.GetName()]++
+			got[pickFor(r).msg.GetName()]++
 		}
 		return got
 	}
@@ -425,4 +427,14 @@ func TestPeakEWMAAvoidsSlowEndpoint(t *testing.T) {
 	if slow := float64(got["127.0.0.1:1003"]) / 2700; slow > 0.10 {
 		t.Errorf("the slow endpoint got %.1f%% of requests after warm-up (%v), want under 10%%", 100*slow, got)
 	}
+}
+
+// pickFor picks a backend for a GET / through the first rule that takes it;
+// nil when no rule does or the rule has no backend.
+func pickFor(r *route) *backend {
+	ru := r.match(httptest.NewRequest(http.MethodGet, "http://bookstore.bookstore:14001/", nil))
+	if ru == nil {
+		return nil
+	}
+	return ru.pick()
 }

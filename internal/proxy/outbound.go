@@ -30,6 +30,8 @@ const (
 	ReasonAppUnreachable      = "app_unreachable"
 	ReasonBadRequest          = "bad_request"
 	ReasonTimeout             = "timeout"
+	ReasonNoRoute             = "no_route"
+	ReasonRedirect            = "redirect"
 )
 
 // ReasonHeader names the cause of a response the sidecar made itself.
@@ -123,8 +125,20 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 		return p.egress(w, r, authority)
 	}
 	l.DestinationService = rt.msg.GetService()
-	route = "default"
-	b := rt.pick()
+	ru := rt.match(r)
+	if ru == nil {
+		refuse(w, http.StatusNotFound, ReasonNoRoute, "no rule of "+rt.msg.GetSource()+" matches "+r.Method+" "+r.URL.Path)
+		return http.StatusNotFound, ReasonNoRoute, 0, ""
+	}
+	route = ru.msg.GetName()
+	if rd := ru.msg.GetRedirect(); rd != nil {
+		code := int(rd.GetStatusCode())
+		w.Header().Set("Location", redirectURL(r, authority, rd, ru.match))
+		w.Header().Set(ReasonHeader, ReasonRedirect)
+		w.WriteHeader(code)
+		return code, ReasonRedirect, 0, route
+	}
+	b := ru.pick()
 	if b == nil {
 		refuse(w, http.StatusServiceUnavailable, ReasonNoEndpoints, rt.msg.GetService()+" has no backend with a positive weight")
 		return http.StatusServiceUnavailable, ReasonNoEndpoints, 0, route
@@ -150,7 +164,11 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	}
 	tr := p.upstream(ep, b.msg.GetTimeouts())
 	ctx := r.Context()
-	if d := b.msg.GetTimeouts().GetRequest().AsDuration(); d > 0 {
+	d := b.msg.GetTimeouts().GetRequest().AsDuration()
+	if rd := ru.msg.GetTimeout().AsDuration(); rd > 0 {
+		d = rd // the route's timeout, when it has one, replaces the backend's
+	}
+	if d > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
@@ -158,6 +176,15 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	out := r.Clone(ctx)
 	out.RequestURI = ""
 	removeHopHeaders(out.Header)
+	if rw := ru.msg.GetRewrite(); rw != nil {
+		if rw.GetPath() != nil {
+			out.URL.Path, out.URL.RawPath = changePath(r.URL.Path, rw.GetPath(), ru.match), ""
+		}
+		if rw.GetHostname() != "" {
+			out.Host = rw.GetHostname()
+		}
+	}
+	editHeaders(out.Header, ru.msg.GetRequestHeaders())
 	resp, err := tr.RoundTrip(out)
 	if err != nil {
 		done(time.Since(picked), true)
@@ -166,6 +193,7 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	// The balancer learns the time to the response headers: what the endpoint
 	// controls, not how long the caller takes to read the body.
 	done(time.Since(picked), resp.StatusCode >= 500)
+	editHeaders(resp.Header, ru.msg.GetResponseHeaders())
 	st, n := copyResponse(w, resp)
 	return st, "", n, route
 }

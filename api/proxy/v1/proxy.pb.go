@@ -41,6 +41,57 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type MatchType int32
+
+const (
+	MatchType_MATCH_EXACT MatchType = 0
+	// For paths: a prefix of whole segments ("/a" matches "/a" and "/a/b", not "/ab").
+	MatchType_MATCH_PREFIX MatchType = 1
+	// RE2 syntax, matched against the whole value.
+	MatchType_MATCH_REGEX MatchType = 2
+)
+
+// Enum value maps for MatchType.
+var (
+	MatchType_name = map[int32]string{
+		0: "MATCH_EXACT",
+		1: "MATCH_PREFIX",
+		2: "MATCH_REGEX",
+	}
+	MatchType_value = map[string]int32{
+		"MATCH_EXACT":  0,
+		"MATCH_PREFIX": 1,
+		"MATCH_REGEX":  2,
+	}
+)
+
+func (x MatchType) Enum() *MatchType {
+	p := new(MatchType)
+	*p = x
+	return p
+}
+
+func (x MatchType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MatchType) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_proxy_v1_proxy_proto_enumTypes[0].Descriptor()
+}
+
+func (MatchType) Type() protoreflect.EnumType {
+	return &file_api_proxy_v1_proxy_proto_enumTypes[0]
+}
+
+func (x MatchType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MatchType.Descriptor instead.
+func (MatchType) EnumDescriptor() ([]byte, []int) {
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{0}
+}
+
 type Balancer int32
 
 const (
@@ -84,11 +135,11 @@ func (x Balancer) String() string {
 }
 
 func (Balancer) Descriptor() protoreflect.EnumDescriptor {
-	return file_api_proxy_v1_proxy_proto_enumTypes[0].Descriptor()
+	return file_api_proxy_v1_proxy_proto_enumTypes[1].Descriptor()
 }
 
 func (Balancer) Type() protoreflect.EnumType {
-	return &file_api_proxy_v1_proxy_proto_enumTypes[0]
+	return &file_api_proxy_v1_proxy_proto_enumTypes[1]
 }
 
 func (x Balancer) Number() protoreflect.EnumNumber {
@@ -97,7 +148,7 @@ func (x Balancer) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Balancer.Descriptor instead.
 func (Balancer) EnumDescriptor() ([]byte, []int) {
-	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{0}
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{1}
 }
 
 type CertifyRequest struct {
@@ -398,9 +449,24 @@ func (x *DestinationConfig) GetSource() string {
 
 type Route struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Names the rule for metrics and logs: "default", or "HTTPRoute ns/name#rule".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Requests are spread over these by weight.
-	Backends      []*WeightedBackend `protobuf:"bytes,2,rep,name=backends,proto3" json:"backends,omitempty"`
+	Backends []*WeightedBackend `protobuf:"bytes,2,rep,name=backends,proto3" json:"backends,omitempty"`
+	// Which requests take this route; absent: every request. A destination
+	// whose routes all have matches answers a request none accepts with 404.
+	Match *RouteMatch `protobuf:"bytes,3,opt,name=match,proto3" json:"match,omitempty"`
+	// Header changes on the request before it is forwarded, and on the response.
+	RequestHeaders  *HeaderChanges `protobuf:"bytes,4,opt,name=request_headers,json=requestHeaders,proto3" json:"request_headers,omitempty"`
+	ResponseHeaders *HeaderChanges `protobuf:"bytes,5,opt,name=response_headers,json=responseHeaders,proto3" json:"response_headers,omitempty"`
+	// When set, the sidecar answers with this redirect and forwards nothing.
+	Redirect *Redirect `protobuf:"bytes,6,opt,name=redirect,proto3" json:"redirect,omitempty"`
+	// When set, the request's host or path is changed before it is forwarded.
+	Rewrite *Rewrite `protobuf:"bytes,7,opt,name=rewrite,proto3" json:"rewrite,omitempty"`
+	// Bounds the whole request; zero or absent: the backend's request timeout.
+	Timeout *durationpb.Duration `protobuf:"bytes,8,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Where the route came from, for people ("HTTPRoute bookstore/canary").
+	Source        string `protobuf:"bytes,9,opt,name=source,proto3" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -449,6 +515,542 @@ func (x *Route) GetBackends() []*WeightedBackend {
 	return nil
 }
 
+func (x *Route) GetMatch() *RouteMatch {
+	if x != nil {
+		return x.Match
+	}
+	return nil
+}
+
+func (x *Route) GetRequestHeaders() *HeaderChanges {
+	if x != nil {
+		return x.RequestHeaders
+	}
+	return nil
+}
+
+func (x *Route) GetResponseHeaders() *HeaderChanges {
+	if x != nil {
+		return x.ResponseHeaders
+	}
+	return nil
+}
+
+func (x *Route) GetRedirect() *Redirect {
+	if x != nil {
+		return x.Redirect
+	}
+	return nil
+}
+
+func (x *Route) GetRewrite() *Rewrite {
+	if x != nil {
+		return x.Rewrite
+	}
+	return nil
+}
+
+func (x *Route) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *Route) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+type RouteMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Absent: any path.
+	Path *PathMatch `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// Empty: any method.
+	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	// Every one must hold. Header names are lower case.
+	Headers       []*ValueMatch `protobuf:"bytes,3,rep,name=headers,proto3" json:"headers,omitempty"`
+	Query         []*ValueMatch `protobuf:"bytes,4,rep,name=query,proto3" json:"query,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteMatch) Reset() {
+	*x = RouteMatch{}
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteMatch) ProtoMessage() {}
+
+func (x *RouteMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
+func (*RouteMatch) Descriptor() ([]byte, []int) {
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RouteMatch) GetPath() *PathMatch {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RouteMatch) GetHeaders() []*ValueMatch {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetQuery() []*ValueMatch {
+	if x != nil {
+		return x.Query
+	}
+	return nil
+}
+
+type PathMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          MatchType              `protobuf:"varint,1,opt,name=type,proto3,enum=trellis.proxy.v1.MatchType" json:"type,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathMatch) Reset() {
+	*x = PathMatch{}
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathMatch) ProtoMessage() {}
+
+func (x *PathMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
+func (*PathMatch) Descriptor() ([]byte, []int) {
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PathMatch) GetType() MatchType {
+	if x != nil {
+		return x.Type
+	}
+	return MatchType_MATCH_EXACT
+}
+
+func (x *PathMatch) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+type ValueMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Type          MatchType              `protobuf:"varint,2,opt,name=type,proto3,enum=trellis.proxy.v1.MatchType" json:"type,omitempty"`
+	Value         string                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValueMatch) Reset() {
+	*x = ValueMatch{}
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValueMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValueMatch) ProtoMessage() {}
+
+func (x *ValueMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValueMatch.ProtoReflect.Descriptor instead.
+func (*ValueMatch) Descriptor() ([]byte, []int) {
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ValueMatch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ValueMatch) GetType() MatchType {
+	if x != nil {
+		return x.Type
+	}
+	return MatchType_MATCH_EXACT
+}
+
+func (x *ValueMatch) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+type HeaderChanges struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Set           []*Header              `protobuf:"bytes,1,rep,name=set,proto3" json:"set,omitempty"`
+	Add           []*Header              `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
+	Remove        []string               `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderChanges) Reset() {
+	*x = HeaderChanges{}
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderChanges) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderChanges) ProtoMessage() {}
+
+func (x *HeaderChanges) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderChanges.ProtoReflect.Descriptor instead.
+func (*HeaderChanges) Descriptor() ([]byte, []int) {
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *HeaderChanges) GetSet() []*Header {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *HeaderChanges) GetAdd() []*Header {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *HeaderChanges) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+type Header struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Header) Reset() {
+	*x = Header{}
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Header) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Header) ProtoMessage() {}
+
+func (x *Header) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Header.ProtoReflect.Descriptor instead.
+func (*Header) Descriptor() ([]byte, []int) {
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Header) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Header) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+type PathChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one applies: the whole path, or the prefix the route's PathPrefix
+	// match matched (prefix is true then; its value may be empty).
+	ReplaceFullPath    string `protobuf:"bytes,1,opt,name=replace_full_path,json=replaceFullPath,proto3" json:"replace_full_path,omitempty"`
+	ReplacePrefixMatch string `protobuf:"bytes,2,opt,name=replace_prefix_match,json=replacePrefixMatch,proto3" json:"replace_prefix_match,omitempty"`
+	Prefix             bool   `protobuf:"varint,3,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *PathChange) Reset() {
+	*x = PathChange{}
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathChange) ProtoMessage() {}
+
+func (x *PathChange) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathChange.ProtoReflect.Descriptor instead.
+func (*PathChange) Descriptor() ([]byte, []int) {
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PathChange) GetReplaceFullPath() string {
+	if x != nil {
+		return x.ReplaceFullPath
+	}
+	return ""
+}
+
+func (x *PathChange) GetReplacePrefixMatch() string {
+	if x != nil {
+		return x.ReplacePrefixMatch
+	}
+	return ""
+}
+
+func (x *PathChange) GetPrefix() bool {
+	if x != nil {
+		return x.Prefix
+	}
+	return false
+}
+
+type Redirect struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty fields keep the request's own.
+	Scheme   string      `protobuf:"bytes,1,opt,name=scheme,proto3" json:"scheme,omitempty"`
+	Hostname string      `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Port     uint32      `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	Path     *PathChange `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
+	// 301 or 302.
+	StatusCode    uint32 `protobuf:"varint,5,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Redirect) Reset() {
+	*x = Redirect{}
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Redirect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Redirect) ProtoMessage() {}
+
+func (x *Redirect) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
+func (*Redirect) Descriptor() ([]byte, []int) {
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Redirect) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *Redirect) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *Redirect) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Redirect) GetPath() *PathChange {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *Redirect) GetStatusCode() uint32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+type Rewrite struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Path          *PathChange            `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rewrite) Reset() {
+	*x = Rewrite{}
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rewrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rewrite) ProtoMessage() {}
+
+func (x *Rewrite) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rewrite.ProtoReflect.Descriptor instead.
+func (*Rewrite) Descriptor() ([]byte, []int) {
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Rewrite) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *Rewrite) GetPath() *PathChange {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
 type WeightedBackend struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Backend       string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
@@ -459,7 +1061,7 @@ type WeightedBackend struct {
 
 func (x *WeightedBackend) Reset() {
 	*x = WeightedBackend{}
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[5]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -471,7 +1073,7 @@ func (x *WeightedBackend) String() string {
 func (*WeightedBackend) ProtoMessage() {}
 
 func (x *WeightedBackend) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[5]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -484,7 +1086,7 @@ func (x *WeightedBackend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightedBackend.ProtoReflect.Descriptor instead.
 func (*WeightedBackend) Descriptor() ([]byte, []int) {
-	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{5}
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WeightedBackend) GetBackend() string {
@@ -515,7 +1117,7 @@ type Timeouts struct {
 
 func (x *Timeouts) Reset() {
 	*x = Timeouts{}
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[6]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +1129,7 @@ func (x *Timeouts) String() string {
 func (*Timeouts) ProtoMessage() {}
 
 func (x *Timeouts) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[6]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +1142,7 @@ func (x *Timeouts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timeouts.ProtoReflect.Descriptor instead.
 func (*Timeouts) Descriptor() ([]byte, []int) {
-	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{6}
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Timeouts) GetConnect() *durationpb.Duration {
@@ -584,7 +1186,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[7]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +1198,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[7]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +1211,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{7}
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Backend) GetName() string {
@@ -675,7 +1277,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[8]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +1289,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[8]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +1302,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{8}
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -741,7 +1343,7 @@ type InboundRequest struct {
 
 func (x *InboundRequest) Reset() {
 	*x = InboundRequest{}
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[9]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +1355,7 @@ func (x *InboundRequest) String() string {
 func (*InboundRequest) ProtoMessage() {}
 
 func (x *InboundRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[9]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +1368,7 @@ func (x *InboundRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboundRequest.ProtoReflect.Descriptor instead.
 func (*InboundRequest) Descriptor() ([]byte, []int) {
-	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{9}
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *InboundRequest) GetWorkloadId() string {
@@ -797,7 +1399,7 @@ type InboundConfig struct {
 
 func (x *InboundConfig) Reset() {
 	*x = InboundConfig{}
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[10]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +1411,7 @@ func (x *InboundConfig) String() string {
 func (*InboundConfig) ProtoMessage() {}
 
 func (x *InboundConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[10]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +1424,7 @@ func (x *InboundConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboundConfig.ProtoReflect.Descriptor instead.
 func (*InboundConfig) Descriptor() ([]byte, []int) {
-	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{10}
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *InboundConfig) GetVersion() string {
@@ -897,7 +1499,7 @@ type Authorization struct {
 
 func (x *Authorization) Reset() {
 	*x = Authorization{}
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[11]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1511,7 @@ func (x *Authorization) String() string {
 func (*Authorization) ProtoMessage() {}
 
 func (x *Authorization) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[11]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1524,7 @@ func (x *Authorization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
 func (*Authorization) Descriptor() ([]byte, []int) {
-	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{11}
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Authorization) GetName() string {
@@ -969,7 +1571,7 @@ type HTTPRule struct {
 
 func (x *HTTPRule) Reset() {
 	*x = HTTPRule{}
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[12]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1583,7 @@ func (x *HTTPRule) String() string {
 func (*HTTPRule) ProtoMessage() {}
 
 func (x *HTTPRule) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[12]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1596,7 @@ func (x *HTTPRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HTTPRule.ProtoReflect.Descriptor instead.
 func (*HTTPRule) Descriptor() ([]byte, []int) {
-	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{12}
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HTTPRule) GetName() string {
@@ -1036,7 +1638,7 @@ type TCPRule struct {
 
 func (x *TCPRule) Reset() {
 	*x = TCPRule{}
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[13]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1650,7 @@ func (x *TCPRule) String() string {
 func (*TCPRule) ProtoMessage() {}
 
 func (x *TCPRule) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proxy_v1_proxy_proto_msgTypes[13]
+	mi := &file_api_proxy_v1_proxy_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1663,7 @@ func (x *TCPRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TCPRule.ProtoReflect.Descriptor instead.
 func (*TCPRule) Descriptor() ([]byte, []int) {
-	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{13}
+	return file_api_proxy_v1_proxy_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TCPRule) GetName() string {
@@ -1106,10 +1708,53 @@ const file_api_proxy_v1_proxy_proto_rawDesc = "" +
 	"\x06routes\x18\b \x03(\v2\x17.trellis.proxy.v1.RouteR\x06routes\x125\n" +
 	"\bbackends\x18\t \x03(\v2\x19.trellis.proxy.v1.BackendR\bbackends\x12\x16\n" +
 	"\x06source\x18\n" +
-	" \x01(\tR\x06source\"Z\n" +
+	" \x01(\tR\x06source\"\xde\x03\n" +
 	"\x05Route\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12=\n" +
-	"\bbackends\x18\x02 \x03(\v2!.trellis.proxy.v1.WeightedBackendR\bbackends\"C\n" +
+	"\bbackends\x18\x02 \x03(\v2!.trellis.proxy.v1.WeightedBackendR\bbackends\x122\n" +
+	"\x05match\x18\x03 \x01(\v2\x1c.trellis.proxy.v1.RouteMatchR\x05match\x12H\n" +
+	"\x0frequest_headers\x18\x04 \x01(\v2\x1f.trellis.proxy.v1.HeaderChangesR\x0erequestHeaders\x12J\n" +
+	"\x10response_headers\x18\x05 \x01(\v2\x1f.trellis.proxy.v1.HeaderChangesR\x0fresponseHeaders\x126\n" +
+	"\bredirect\x18\x06 \x01(\v2\x1a.trellis.proxy.v1.RedirectR\bredirect\x123\n" +
+	"\arewrite\x18\a \x01(\v2\x19.trellis.proxy.v1.RewriteR\arewrite\x123\n" +
+	"\atimeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x16\n" +
+	"\x06source\x18\t \x01(\tR\x06source\"\xc1\x01\n" +
+	"\n" +
+	"RouteMatch\x12/\n" +
+	"\x04path\x18\x01 \x01(\v2\x1b.trellis.proxy.v1.PathMatchR\x04path\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x126\n" +
+	"\aheaders\x18\x03 \x03(\v2\x1c.trellis.proxy.v1.ValueMatchR\aheaders\x122\n" +
+	"\x05query\x18\x04 \x03(\v2\x1c.trellis.proxy.v1.ValueMatchR\x05query\"R\n" +
+	"\tPathMatch\x12/\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1b.trellis.proxy.v1.MatchTypeR\x04type\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"g\n" +
+	"\n" +
+	"ValueMatch\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12/\n" +
+	"\x04type\x18\x02 \x01(\x0e2\x1b.trellis.proxy.v1.MatchTypeR\x04type\x12\x14\n" +
+	"\x05value\x18\x03 \x01(\tR\x05value\"\x7f\n" +
+	"\rHeaderChanges\x12*\n" +
+	"\x03set\x18\x01 \x03(\v2\x18.trellis.proxy.v1.HeaderR\x03set\x12*\n" +
+	"\x03add\x18\x02 \x03(\v2\x18.trellis.proxy.v1.HeaderR\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\"2\n" +
+	"\x06Header\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\x82\x01\n" +
+	"\n" +
+	"PathChange\x12*\n" +
+	"\x11replace_full_path\x18\x01 \x01(\tR\x0freplaceFullPath\x120\n" +
+	"\x14replace_prefix_match\x18\x02 \x01(\tR\x12replacePrefixMatch\x12\x16\n" +
+	"\x06prefix\x18\x03 \x01(\bR\x06prefix\"\xa5\x01\n" +
+	"\bRedirect\x12\x16\n" +
+	"\x06scheme\x18\x01 \x01(\tR\x06scheme\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x120\n" +
+	"\x04path\x18\x04 \x01(\v2\x1c.trellis.proxy.v1.PathChangeR\x04path\x12\x1f\n" +
+	"\vstatus_code\x18\x05 \x01(\rR\n" +
+	"statusCode\"W\n" +
+	"\aRewrite\x12\x1a\n" +
+	"\bhostname\x18\x01 \x01(\tR\bhostname\x120\n" +
+	"\x04path\x18\x02 \x01(\v2\x1c.trellis.proxy.v1.PathChangeR\x04path\"C\n" +
 	"\x0fWeightedBackend\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xa3\x01\n" +
@@ -1161,7 +1806,11 @@ const file_api_proxy_v1_proxy_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"3\n" +
 	"\aTCPRule\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05ports\x18\x02 \x03(\rR\x05ports*\x8e\x01\n" +
+	"\x05ports\x18\x02 \x03(\rR\x05ports*?\n" +
+	"\tMatchType\x12\x0f\n" +
+	"\vMATCH_EXACT\x10\x00\x12\x10\n" +
+	"\fMATCH_PREFIX\x10\x01\x12\x0f\n" +
+	"\vMATCH_REGEX\x10\x02*\x8e\x01\n" +
 	"\bBalancer\x12\x18\n" +
 	"\x14BALANCER_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14BALANCER_ROUND_ROBIN\x10\x01\x12\x1a\n" +
@@ -1181,48 +1830,72 @@ func file_api_proxy_v1_proxy_proto_rawDescGZIP() []byte {
 	return file_api_proxy_v1_proxy_proto_rawDescData
 }
 
-var file_api_proxy_v1_proxy_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_api_proxy_v1_proxy_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_api_proxy_v1_proxy_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_api_proxy_v1_proxy_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_api_proxy_v1_proxy_proto_goTypes = []any{
-	(Balancer)(0),                 // 0: trellis.proxy.v1.Balancer
-	(*CertifyRequest)(nil),        // 1: trellis.proxy.v1.CertifyRequest
-	(*CertifyResponse)(nil),       // 2: trellis.proxy.v1.CertifyResponse
-	(*DestinationRequest)(nil),    // 3: trellis.proxy.v1.DestinationRequest
-	(*DestinationConfig)(nil),     // 4: trellis.proxy.v1.DestinationConfig
-	(*Route)(nil),                 // 5: trellis.proxy.v1.Route
-	(*WeightedBackend)(nil),       // 6: trellis.proxy.v1.WeightedBackend
-	(*Timeouts)(nil),              // 7: trellis.proxy.v1.Timeouts
-	(*Backend)(nil),               // 8: trellis.proxy.v1.Backend
-	(*Endpoint)(nil),              // 9: trellis.proxy.v1.Endpoint
-	(*InboundRequest)(nil),        // 10: trellis.proxy.v1.InboundRequest
-	(*InboundConfig)(nil),         // 11: trellis.proxy.v1.InboundConfig
-	(*Authorization)(nil),         // 12: trellis.proxy.v1.Authorization
-	(*HTTPRule)(nil),              // 13: trellis.proxy.v1.HTTPRule
-	(*TCPRule)(nil),               // 14: trellis.proxy.v1.TCPRule
-	nil,                           // 15: trellis.proxy.v1.HTTPRule.HeadersEntry
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(MatchType)(0),                // 0: trellis.proxy.v1.MatchType
+	(Balancer)(0),                 // 1: trellis.proxy.v1.Balancer
+	(*CertifyRequest)(nil),        // 2: trellis.proxy.v1.CertifyRequest
+	(*CertifyResponse)(nil),       // 3: trellis.proxy.v1.CertifyResponse
+	(*DestinationRequest)(nil),    // 4: trellis.proxy.v1.DestinationRequest
+	(*DestinationConfig)(nil),     // 5: trellis.proxy.v1.DestinationConfig
+	(*Route)(nil),                 // 6: trellis.proxy.v1.Route
+	(*RouteMatch)(nil),            // 7: trellis.proxy.v1.RouteMatch
+	(*PathMatch)(nil),             // 8: trellis.proxy.v1.PathMatch
+	(*ValueMatch)(nil),            // 9: trellis.proxy.v1.ValueMatch
+	(*HeaderChanges)(nil),         // 10: trellis.proxy.v1.HeaderChanges
+	(*Header)(nil),                // 11: trellis.proxy.v1.Header
+	(*PathChange)(nil),            // 12: trellis.proxy.v1.PathChange
+	(*Redirect)(nil),              // 13: trellis.proxy.v1.Redirect
+	(*Rewrite)(nil),               // 14: trellis.proxy.v1.Rewrite
+	(*WeightedBackend)(nil),       // 15: trellis.proxy.v1.WeightedBackend
+	(*Timeouts)(nil),              // 16: trellis.proxy.v1.Timeouts
+	(*Backend)(nil),               // 17: trellis.proxy.v1.Backend
+	(*Endpoint)(nil),              // 18: trellis.proxy.v1.Endpoint
+	(*InboundRequest)(nil),        // 19: trellis.proxy.v1.InboundRequest
+	(*InboundConfig)(nil),         // 20: trellis.proxy.v1.InboundConfig
+	(*Authorization)(nil),         // 21: trellis.proxy.v1.Authorization
+	(*HTTPRule)(nil),              // 22: trellis.proxy.v1.HTTPRule
+	(*TCPRule)(nil),               // 23: trellis.proxy.v1.TCPRule
+	nil,                           // 24: trellis.proxy.v1.HTTPRule.HeadersEntry
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
 }
 var file_api_proxy_v1_proxy_proto_depIdxs = []int32{
-	16, // 0: trellis.proxy.v1.CertifyResponse.expires:type_name -> google.protobuf.Timestamp
-	5,  // 1: trellis.proxy.v1.DestinationConfig.routes:type_name -> trellis.proxy.v1.Route
-	8,  // 2: trellis.proxy.v1.DestinationConfig.backends:type_name -> trellis.proxy.v1.Backend
-	6,  // 3: trellis.proxy.v1.Route.backends:type_name -> trellis.proxy.v1.WeightedBackend
-	17, // 4: trellis.proxy.v1.Timeouts.connect:type_name -> google.protobuf.Duration
-	17, // 5: trellis.proxy.v1.Timeouts.request:type_name -> google.protobuf.Duration
-	17, // 6: trellis.proxy.v1.Timeouts.idle:type_name -> google.protobuf.Duration
-	9,  // 7: trellis.proxy.v1.Backend.endpoints:type_name -> trellis.proxy.v1.Endpoint
-	0,  // 8: trellis.proxy.v1.Backend.balancer:type_name -> trellis.proxy.v1.Balancer
-	7,  // 9: trellis.proxy.v1.Backend.timeouts:type_name -> trellis.proxy.v1.Timeouts
-	12, // 10: trellis.proxy.v1.InboundConfig.authorizations:type_name -> trellis.proxy.v1.Authorization
-	13, // 11: trellis.proxy.v1.Authorization.http:type_name -> trellis.proxy.v1.HTTPRule
-	14, // 12: trellis.proxy.v1.Authorization.tcp:type_name -> trellis.proxy.v1.TCPRule
-	15, // 13: trellis.proxy.v1.HTTPRule.headers:type_name -> trellis.proxy.v1.HTTPRule.HeadersEntry
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	25, // 0: trellis.proxy.v1.CertifyResponse.expires:type_name -> google.protobuf.Timestamp
+	6,  // 1: trellis.proxy.v1.DestinationConfig.routes:type_name -> trellis.proxy.v1.Route
+	17, // 2: trellis.proxy.v1.DestinationConfig.backends:type_name -> trellis.proxy.v1.Backend
+	15, // 3: trellis.proxy.v1.Route.backends:type_name -> trellis.proxy.v1.WeightedBackend
+	7,  // 4: trellis.proxy.v1.Route.match:type_name -> trellis.proxy.v1.RouteMatch
+	10, // 5: trellis.proxy.v1.Route.request_headers:type_name -> trellis.proxy.v1.HeaderChanges
+	10, // 6: trellis.proxy.v1.Route.response_headers:type_name -> trellis.proxy.v1.HeaderChanges
+	13, // 7: trellis.proxy.v1.Route.redirect:type_name -> trellis.proxy.v1.Redirect
+	14, // 8: trellis.proxy.v1.Route.rewrite:type_name -> trellis.proxy.v1.Rewrite
+	26, // 9: trellis.proxy.v1.Route.timeout:type_name -> google.protobuf.Duration
+	8,  // 10: trellis.proxy.v1.RouteMatch.path:type_name -> trellis.proxy.v1.PathMatch
+	9,  // 11: trellis.proxy.v1.RouteMatch.headers:type_name -> trellis.proxy.v1.ValueMatch
+	9,  // 12: trellis.proxy.v1.RouteMatch.query:type_name -> trellis.proxy.v1.ValueMatch
+	0,  // 13: trellis.proxy.v1.PathMatch.type:type_name -> trellis.proxy.v1.MatchType
+	0,  // 14: trellis.proxy.v1.ValueMatch.type:type_name -> trellis.proxy.v1.MatchType
+	11, // 15: trellis.proxy.v1.HeaderChanges.set:type_name -> trellis.proxy.v1.Header
+	11, // 16: trellis.proxy.v1.HeaderChanges.add:type_name -> trellis.proxy.v1.Header
+	12, // 17: trellis.proxy.v1.Redirect.path:type_name -> trellis.proxy.v1.PathChange
+	12, // 18: trellis.proxy.v1.Rewrite.path:type_name -> trellis.proxy.v1.PathChange
+	26, // 19: trellis.proxy.v1.Timeouts.connect:type_name -> google.protobuf.Duration
+	26, // 20: trellis.proxy.v1.Timeouts.request:type_name -> google.protobuf.Duration
+	26, // 21: trellis.proxy.v1.Timeouts.idle:type_name -> google.protobuf.Duration
+	18, // 22: trellis.proxy.v1.Backend.endpoints:type_name -> trellis.proxy.v1.Endpoint
+	1,  // 23: trellis.proxy.v1.Backend.balancer:type_name -> trellis.proxy.v1.Balancer
+	16, // 24: trellis.proxy.v1.Backend.timeouts:type_name -> trellis.proxy.v1.Timeouts
+	21, // 25: trellis.proxy.v1.InboundConfig.authorizations:type_name -> trellis.proxy.v1.Authorization
+	22, // 26: trellis.proxy.v1.Authorization.http:type_name -> trellis.proxy.v1.HTTPRule
+	23, // 27: trellis.proxy.v1.Authorization.tcp:type_name -> trellis.proxy.v1.TCPRule
+	24, // 28: trellis.proxy.v1.HTTPRule.headers:type_name -> trellis.proxy.v1.HTTPRule.HeadersEntry
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_api_proxy_v1_proxy_proto_init() }
@@ -1235,8 +1908,8 @@ func file_api_proxy_v1_proxy_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_proxy_v1_proxy_proto_rawDesc), len(file_api_proxy_v1_proxy_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   15,
+			NumEnums:      2,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -196,7 +196,11 @@ func (s *Store) Apply(rs []translate.Resource) (Result, error) {
 	if len(bad) == 0 {
 		snap := model.Build(s.inputsLocked(objs))
 		for _, p := range snap.Problems() {
-			if applied[p.Object] || !known[p] {
+			switch {
+			case !applied[p.Object] && known[p]:
+			case p.Warning:
+				warns = append(warns, p) // reported, accepted
+			default:
 				bad = append(bad, p)
 			}
 		}
@@ -205,7 +209,7 @@ func (s *Store) Apply(rs []translate.Resource) (Result, error) {
 		return Result{}, &InvalidError{bad}
 	}
 	for _, p := range warns {
-		if applied[p.Object] {
+		if applied[p.Object] || p.Warning {
 			res.Warnings = append(res.Warnings, p)
 		}
 	}
@@ -455,6 +459,7 @@ func (s *Store) inputsLocked(objs translate.Objects) model.Inputs {
 		Targets:     objs.Targets,
 		RouteGroups: objs.RouteGroups,
 		TCPRoutes:   objs.TCPRoutes,
+		Routes:      objs.Routes,
 	}
 	inGrace := s.opts.Now().Sub(s.started) < s.opts.Grace
 	for _, r := range s.workloads {

@@ -951,3 +951,30 @@ func TestConcurrentUse(t *testing.T) {
 		}
 	}
 }
+
+// An HTTPRoute applied over a stored TrafficSplit of the same service is
+// accepted: the route takes precedence, and the warnings name both resources.
+func TestApplyRouteOverSplitWarns(t *testing.T) {
+	s, _ := bookstoreStore(t, local.Options{Dir: t.TempDir()})
+	if _, err := s.Apply(exampleFile(t, "traffic-split-50-50.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Apply(exampleFile(t, "httproute-canary.yaml"))
+	if err != nil {
+		t.Fatalf("Apply(httproute-canary.yaml) = %v, want it accepted with warnings", err)
+	}
+	var objects []string
+	for _, w := range res.Warnings {
+		if !w.Warning {
+			t.Errorf("warning %v is not marked as one", w)
+		}
+		objects = append(objects, w.Object)
+	}
+	want := []string{"HTTPRoute bookstore/bookstore-canary", "TrafficSplit bookstore/bookstore-split"}
+	if d := cmp.Diff(want, objects); d != "" {
+		t.Errorf("warnings name (-want +got):\n%s\nwarnings: %v", d, res.Warnings)
+	}
+	if routes := s.Snapshot().RoutesFor(model.Key{Namespace: "bookstore", Name: "bookstore"}, 14001); len(routes) != 1 {
+		t.Errorf("RoutesFor(bookstore:14001) = %d routes, want the canary", len(routes))
+	}
+}

@@ -70,6 +70,8 @@ func acceptedKinds() []kindInfo {
 		{osm.PolicyAPIVersion, osm.KindUpstreamTrafficSetting},
 		{osm.ConfigAPIVersion, osm.KindMeshConfig},
 		{osm.ConfigAPIVersionV1alpha1, osm.KindMeshConfig},
+		{GatewayAPIVersion, KindHTTPRoute},
+		{GatewayAPIVersion, KindGRPCRoute},
 	}
 }
 

@@ -23,7 +23,8 @@ func readTestdata(t testing.TB, name string) []byte {
 func TestDecodeErrors(t *testing.T) {
 	accepts := "Trellis accepts TrafficTarget (access.smi-spec.io/v1alpha3); HTTPRouteGroup, TCPRoute (specs.smi-spec.io/v1alpha4); " +
 		"TrafficSplit (split.smi-spec.io/v1alpha2); IngressBackend, Egress, Retry, UpstreamTrafficSetting (policy.openservicemesh.io/v1alpha1); " +
-		"MeshConfig (config.openservicemesh.io/v1alpha2); MeshConfig (config.openservicemesh.io/v1alpha1)"
+		"MeshConfig (config.openservicemesh.io/v1alpha2); MeshConfig (config.openservicemesh.io/v1alpha1); " +
+		"HTTPRoute, GRPCRoute (gateway.networking.k8s.io/v1)"
 	tests := []struct {
 		name   string
 		file   string // under testdata, or "" to use data

@@ -19,6 +19,9 @@ func checkShape(c *check, v any, t reflect.Type, path, apiVersion string) {
 	if v == nil || t == reflect.TypeFor[json.RawMessage]() || t.Kind() == reflect.Interface {
 		return
 	}
+	if reflect.PointerTo(t).Implements(reflect.TypeFor[json.Unmarshaler]()) {
+		return // decodes itself (a timestamp, say); json.Unmarshal reports its errors
+	}
 	switch t.Kind() {
 	case reflect.Struct:
 		m, ok := v.(map[string]any)

@@ -1,6 +1,7 @@
 // Package translate turns what users write into what the model holds. Decode
 // reads YAML or JSON documents into Resources, checking that each is of a kind
-// Trellis accepts (the SMI and OSM kinds of api/smi and api/osm) and is named.
+// Trellis accepts (the SMI and OSM kinds of api/smi and api/osm, and the Gateway
+// API's HTTPRoute and GRPCRoute for mesh traffic) and is named.
 // Translate decodes each Resource strictly into its API type, validates it and
 // maps it to model objects, returning problems that name the object, the field
 // and the fix. Sources import it: the local store now, the Kubernetes source
@@ -29,6 +30,7 @@ type Objects struct {
 	Targets     []model.TrafficTarget
 	RouteGroups []model.HTTPRouteGroup
 	TCPRoutes   []model.TCPRoute
+	Routes      []model.Route // Gateway API HTTPRoute and GRPCRoute
 }
 
 // Messages of the warnings about what Trellis accepts without acting on it.
@@ -64,6 +66,14 @@ func Translate(rs []Resource) (objs Objects, errs, warns []model.Problem) {
 		case r.Kind == smi.KindTCPRoute:
 			if t := tcpRoute(c, r); c.ok() {
 				objs.TCPRoutes = append(objs.TCPRoutes, t)
+			}
+		case r.Kind == KindHTTPRoute:
+			if rt := httpRoute(c, r); c.ok() {
+				objs.Routes = append(objs.Routes, rt)
+			}
+		case r.Kind == KindGRPCRoute:
+			if rt := grpcRoute(c, r); c.ok() {
+				objs.Routes = append(objs.Routes, rt)
 			}
 		case r.Kind == osm.KindMeshConfig:
 			m := meshConfig(c, r)
