@@ -5,6 +5,8 @@ go 1.26.8
 // Pins with a reason:
 //   - github.com/prometheus/common stays at v0.72.1: from v0.73 its expfmt imports
 //     github.com/pandatix/go-abnf, which the module proxy reachable here refuses.
+//   - sigs.k8s.io/gateway-api v1.6.3: v1.7.0 needs a newer Go than 1.26. It brings
+//     k8s.io/apimachinery v0.36, so client-go for Kubernetes mode must be v0.36 too.
 //   - google.golang.org/grpc is for the control plane only; the sidecar speaks the
 //     same protocol through connectrpc.com/connect (test/arch enforces it).
 
@@ -16,6 +18,7 @@ require (
 	github.com/spf13/cobra v1.10.1
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
+	sigs.k8s.io/gateway-api v1.6.3
 	sigs.k8s.io/yaml v1.6.0
 )
 
@@ -39,7 +42,6 @@ require (
 	k8s.io/klog/v2 v2.140.0 // indirect
 	k8s.io/kube-openapi v0.0.0-20260501160325-927ab1f70cd6 // indirect
 	k8s.io/utils v0.0.0-20260319190234-28399d86e0b5 // indirect
-	sigs.k8s.io/gateway-api v1.6.3 // indirect
 	sigs.k8s.io/json v0.0.0-20250730193827-2d320260d730 // indirect
 	sigs.k8s.io/randfill v1.0.0 // indirect
 	sigs.k8s.io/structured-merge-diff/v6 v6.4.0 // indirect

@@ -6,7 +6,7 @@ import (
 )
 
 // FuzzDecodeTranslate feeds arbitrary input through Decode and Translate, seeded
-// with the bookstore demo's objects (seed 001), MeshConfigs and the invalid
+// with the bookstore demo's objects (seed 001), Gateway API routes, MeshConfigs and the invalid
 // cases. Neither may panic, and what Decode accepts must be canonical: decoding
 // a resource's Raw again gives the same resource.
 func FuzzDecodeTranslate(f *testing.F) {
