@@ -1,0 +1,81 @@
+package manifests
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"sigs.k8s.io/yaml"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func TestCRDsYAMLGolden(t *testing.T) {
+	got := CRDsYAML()
+	path := filepath.Join("testdata", "crds.golden.yaml")
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./internal/manifests -update)", err)
+	}
+	if diff := cmp.Diff(string(want), string(got)); diff != "" {
+		t.Errorf("CRDs (-want +got):\n%s", diff)
+	}
+}
+
+// Every document is a CRD whose name, kind and versions are those of the table,
+// with exactly one storage version.
+func TestCRDsYAMLShape(t *testing.T) {
+	docs := bytes.Split(CRDsYAML(), []byte("\n---\n"))
+	crds := CRDs()
+	if len(docs) != len(crds) {
+		t.Fatalf("%d documents, want %d", len(docs), len(crds))
+	}
+	type version struct {
+		Name    string `json:"name"`
+		Served  bool   `json:"served"`
+		Storage bool   `json:"storage"`
+	}
+	for i, d := range docs {
+		var crd struct {
+			Kind     string `json:"kind"`
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+			Spec struct {
+				Group string `json:"group"`
+				Names struct {
+					Kind   string `json:"kind"`
+					Plural string `json:"plural"`
+				} `json:"names"`
+				Versions []version `json:"versions"`
+			} `json:"spec"`
+		}
+		if err := yaml.Unmarshal(d, &crd); err != nil {
+			t.Fatalf("document %d: %v", i+1, err)
+		}
+		c := crds[i]
+		if crd.Kind != "CustomResourceDefinition" || crd.Metadata.Name != c.Name() || crd.Spec.Group != c.Group || crd.Spec.Names.Kind != c.Kind || crd.Spec.Names.Plural != c.Plural {
+			t.Errorf("document %d = %+v, want the CRD of %s", i+1, crd, c.Name())
+		}
+		storage := 0
+		for j, v := range crd.Spec.Versions {
+			if v.Name != c.Versions[j] || !v.Served {
+				t.Errorf("%s version %d = %+v, want %s served", c.Name(), j, v, c.Versions[j])
+			}
+			if v.Storage {
+				storage++
+			}
+		}
+		if storage != 1 || !crd.Spec.Versions[0].Storage {
+			t.Errorf("%s: %d storage versions, want exactly the first", c.Name(), storage)
+		}
+	}
+}

@@ -1,0 +1,472 @@
+// Package kube is the Kubernetes source: client-go informers on Namespaces,
+// Services, EndpointSlices and Pods, and dynamic informers on the accepted custom
+// resources (SMI, OSM and Gateway API routes), turned into model snapshots
+// through the same translators as local mode. It publishes no snapshot before
+// every informer has synced, so that no proxy is ever served from a partial view
+// of the cluster, and it folds bursts of events into one snapshot. The control
+// plane imports it; the proxy never does.
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/trellis-mesh/trellis/internal/manifests"
+	"github.com/trellis-mesh/trellis/internal/model"
+	"github.com/trellis-mesh/trellis/internal/source/translate"
+)
+
+// Labels that put a namespace in the mesh: Trellis's own, and OSM's for users
+// who migrate (its value names the mesh).
+const (
+	InjectLabel      = "trellis.io/inject"
+	OSMMonitoredBy   = "openservicemesh.io/monitored-by"
+	serviceNameLabel = discoveryv1.LabelServiceName
+)
+
+// Sidecar ports on a pod: peers reach the inbound mTLS listener, the control
+// plane and the CLI the admin one.
+const (
+	InboundPort = 15003
+	AdminPort   = 15000
+)
+
+// CustomResource is a kind the source watches when its CRD is installed.
+type CustomResource struct {
+	GVR  schema.GroupVersionResource
+	Kind string
+}
+
+// CustomResources lists the custom resources Trellis reads, at the storage
+// version of each CRD it installs.
+func CustomResources() []CustomResource {
+	var out []CustomResource
+	for _, c := range manifests.CRDs() {
+		out = append(out, CustomResource{GVR: schema.GroupVersionResource{Group: c.Group, Version: c.Versions[0], Resource: c.Plural}, Kind: c.Kind})
+	}
+	return out
+}
+
+// Options configure a Source.
+type Options struct {
+	Client  kubernetes.Interface // required
+	Dynamic dynamic.Interface    // required
+	// Debounce is how long the source waits after an event for more before it
+	// builds a snapshot; default 50ms.
+	Debounce time.Duration
+	Logger   *slog.Logger
+}
+
+// Source watches a cluster and keeps the latest snapshot.
+type Source struct {
+	o       Options
+	changes chan struct{} // one pending signal: the snapshot changed
+	dirty   chan struct{} // one pending signal: an informer saw an event
+	synced  chan struct{}
+
+	mu       sync.Mutex
+	snap     *model.Snapshot
+	problems []model.Problem
+	watched  []string // kinds whose CRD is installed
+
+	namespaces informersLister[*corev1.Namespace]
+	services   informersLister[*corev1.Service]
+	slices     informersLister[*discoveryv1.EndpointSlice]
+	pods       informersLister[*corev1.Pod]
+	custom     map[string]cache.GenericLister // by kind
+}
+
+// informersLister lists typed objects from an informer's store.
+type informersLister[T any] struct{ store cache.Store }
+
+func (l informersLister[T]) list() []T {
+	items := l.store.List()
+	out := make([]T, 0, len(items))
+	for _, it := range items {
+		if v, ok := it.(T); ok {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// New makes a source; Run starts it.
+func New(o Options) *Source {
+	if o.Debounce == 0 {
+		o.Debounce = 50 * time.Millisecond
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Source{o: o, changes: make(chan struct{}, 1), dirty: make(chan struct{}, 1), synced: make(chan struct{}), custom: map[string]cache.GenericLister{}}
+}
+
+// Synced is closed once every informer has synced and the first snapshot is
+// built.
+func (s *Source) Synced() <-chan struct{} { return s.synced }
+
+// Changes signals, coalesced, that a new snapshot is ready.
+func (s *Source) Changes() <-chan struct{} { return s.changes }
+
+// Snapshot returns the latest snapshot; nil before Synced.
+func (s *Source) Snapshot() *model.Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snap
+}
+
+// Problems returns what translation and validation found in the latest
+// snapshot's inputs: custom resources left out or partly ignored, and the
+// snapshot's own problems.
+func (s *Source) Problems() []model.Problem {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]model.Problem(nil), s.problems...)
+}
+
+// Watched returns the custom resource kinds whose CRDs were installed at start.
+func (s *Source) Watched() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.watched...)
+}
+
+// Run starts the informers, waits for them to sync, and rebuilds the snapshot
+// after each burst of events until ctx ends. Kinds whose CRDs are not installed
+// are not watched (install the CRDs and restart to watch them).
+func (s *Source) Run(ctx context.Context) error {
+	if s.o.Client == nil || s.o.Dynamic == nil {
+		return errors.New("kube source: a client and a dynamic client are required")
+	}
+	notify := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { s.markDirty() },
+		UpdateFunc: func(any, any) { s.markDirty() },
+		DeleteFunc: func(any) { s.markDirty() },
+	}
+	f := informers.NewSharedInformerFactory(s.o.Client, 0)
+	var syncs []cache.InformerSynced
+	add := func(inf cache.SharedIndexInformer) cache.Store {
+		inf.AddEventHandler(notify)
+		syncs = append(syncs, inf.HasSynced)
+		return inf.GetStore()
+	}
+	s.namespaces.store = add(f.Core().V1().Namespaces().Informer())
+	s.services.store = add(f.Core().V1().Services().Informer())
+	s.slices.store = add(f.Discovery().V1().EndpointSlices().Informer())
+	s.pods.store = add(f.Core().V1().Pods().Informer())
+
+	df := dynamicinformer.NewDynamicSharedInformerFactory(s.o.Dynamic, 0)
+	var watched []string
+	for _, cr := range CustomResources() {
+		ok, err := served(s.o.Client, cr)
+		if err != nil {
+			return fmt.Errorf("kube source: discovery of %s: %w", cr.GVR.GroupVersion(), err)
+		}
+		if !ok {
+			s.o.Logger.Info("custom resource not installed; not watched", "kind", cr.Kind, "apiVersion", cr.GVR.GroupVersion().String())
+			continue
+		}
+		gi := df.ForResource(cr.GVR)
+		add(gi.Informer())
+		s.custom[cr.Kind] = gi.Lister()
+		watched = append(watched, cr.Kind)
+	}
+	s.mu.Lock()
+	s.watched = watched
+	s.mu.Unlock()
+
+	f.Start(ctx.Done())
+	df.Start(ctx.Done())
+	defer f.Shutdown()
+	defer df.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), syncs...) {
+		return fmt.Errorf("kube source: caches did not sync: %w", context.Cause(ctx))
+	}
+	s.rebuild()
+	close(s.synced)
+	s.o.Logger.Info("kube source synced", "watching", strings.Join(watched, ","))
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.dirty:
+		}
+		// Fold the burst: wait until events stop arriving for a moment.
+		t := time.NewTimer(s.o.Debounce)
+	burst:
+		for {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-s.dirty:
+				if !t.Stop() {
+					<-t.C
+				}
+				t.Reset(s.o.Debounce)
+			case <-t.C:
+				break burst
+			}
+		}
+		s.rebuild()
+	}
+}
+
+func (s *Source) markDirty() {
+	select {
+	case s.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// served reports whether the API server serves cr's group, version and
+// resource.
+func served(c kubernetes.Interface, cr CustomResource) (bool, error) {
+	rl, err := c.Discovery().ServerResourcesForGroupVersion(cr.GVR.GroupVersion().String())
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	for _, r := range rl.APIResources {
+		if r.Name == cr.GVR.Resource {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// rebuild builds a snapshot from the informers' stores and publishes it when
+// its hash changed.
+func (s *Source) rebuild() {
+	in, problems := s.inputs()
+	snap := model.Build(in)
+	problems = append(problems, snap.Problems()...)
+	s.mu.Lock()
+	changed := s.snap == nil || s.snap.Hash() != snap.Hash()
+	s.snap, s.problems = snap, problems
+	s.mu.Unlock()
+	if changed {
+		select {
+		case s.changes <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// meshed says whether a namespace is in the mesh.
+func meshed(ns *corev1.Namespace) bool {
+	if ns.DeletionTimestamp != nil {
+		return false
+	}
+	return ns.Labels[InjectLabel] == "enabled" || ns.Labels[OSMMonitoredBy] != ""
+}
+
+// inputs gathers the model's inputs from the stores.
+func (s *Source) inputs() (model.Inputs, []model.Problem) {
+	inMesh := map[string]bool{}
+	for _, ns := range s.namespaces.list() {
+		if meshed(ns) {
+			inMesh[ns.Name] = true
+		}
+	}
+	var in model.Inputs
+	svcs := map[model.Key]*corev1.Service{}
+	for _, svc := range s.services.list() {
+		if !inMesh[svc.Namespace] {
+			continue
+		}
+		k := model.Key{Namespace: svc.Namespace, Name: svc.Name}
+		svcs[k] = svc
+		ms := model.Service{Key: k}
+		for _, p := range svc.Spec.Ports {
+			if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
+				continue // the mesh carries TCP; UDP and SCTP pass by
+			}
+			ms.Ports = append(ms.Ports, model.ServicePort{Port: int(p.Port), Protocol: portProtocol(p)})
+		}
+		in.Services = append(in.Services, ms)
+	}
+
+	// Which services each pod backs, and whether any slice calls it ready.
+	type member struct {
+		services []model.ServiceMembership
+		ready    bool
+	}
+	members := map[string]*member{} // by namespace/pod
+	for _, sl := range s.slices.list() {
+		svc := svcs[model.Key{Namespace: sl.Namespace, Name: sl.Labels[serviceNameLabel]}]
+		if svc == nil {
+			continue
+		}
+		for _, ep := range sl.Endpoints {
+			if ep.TargetRef == nil || ep.TargetRef.Kind != "Pod" {
+				continue
+			}
+			key := sl.Namespace + "/" + ep.TargetRef.Name
+			m := members[key]
+			if m == nil {
+				m = &member{}
+				members[key] = m
+			}
+			if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
+				m.ready = true
+			}
+			for _, sp := range sl.Ports {
+				if p, ok := servicePortFor(svc, sp); ok {
+					m.services = append(m.services, model.ServiceMembership{Service: svc.Name, ServicePort: int(p.Port), Protocol: portProtocol(p)})
+				}
+			}
+		}
+	}
+	for _, pod := range s.pods.list() {
+		if !inMesh[pod.Namespace] || pod.Status.PodIP == "" || pod.DeletionTimestamp != nil ||
+			pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		sa := pod.Spec.ServiceAccountName
+		if sa == "" {
+			sa = "default"
+		}
+		w := model.Workload{
+			ID:           pod.Namespace + "/" + pod.Name,
+			Name:         pod.Name,
+			Identity:     model.Identity{Namespace: pod.Namespace, Account: sa},
+			Address:      net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(InboundPort)),
+			AdminAddress: net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(AdminPort)),
+		}
+		if m := members[w.ID]; m != nil {
+			w.Services = dedupe(m.services)
+			w.Ready = m.ready
+		}
+		in.Workloads = append(in.Workloads, w)
+	}
+
+	var rs []translate.Resource
+	var problems []model.Problem
+	kinds := make([]string, 0, len(s.custom))
+	for k := range s.custom {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	for _, kind := range kinds {
+		objs, err := s.custom[kind].List(labels.Everything())
+		if err != nil {
+			continue // a lister over a synced store does not fail
+		}
+		for _, o := range objs {
+			u, ok := o.(*unstructured.Unstructured)
+			if !ok {
+				continue
+			}
+			r, err := resourceOf(u)
+			if err != nil {
+				problems = append(problems, model.Problem{Object: kind + " " + u.GetNamespace() + "/" + u.GetName(), Message: err.Error()})
+				continue
+			}
+			rs = append(rs, r...)
+		}
+	}
+	objs, errs, warns := translate.Translate(rs)
+	problems = append(problems, errs...)
+	problems = append(problems, warns...)
+	in.Mesh = objs.Mesh
+	in.Splits, in.Targets, in.RouteGroups, in.TCPRoutes, in.Routes = objs.Splits, objs.Targets, objs.RouteGroups, objs.TCPRoutes, objs.Routes
+	return in, problems
+}
+
+// resourceOf turns a custom resource as the API server holds it into the
+// translators' Resource: the server's own fields (status, managedFields, uid and
+// the like) are dropped, as they are not the user's.
+func resourceOf(u *unstructured.Unstructured) ([]translate.Resource, error) {
+	obj := map[string]any{"apiVersion": u.GetAPIVersion(), "kind": u.GetKind()}
+	meta := map[string]any{"name": u.GetName(), "namespace": u.GetNamespace()}
+	if l := u.GetLabels(); len(l) > 0 {
+		meta["labels"] = l
+	}
+	if a := u.GetAnnotations(); len(a) > 0 {
+		delete(a, "kubectl.kubernetes.io/last-applied-configuration")
+		if len(a) > 0 {
+			meta["annotations"] = a
+		}
+	}
+	if ts := u.GetCreationTimestamp(); !ts.IsZero() {
+		meta["creationTimestamp"] = ts.UTC().Format(time.RFC3339)
+	}
+	obj["metadata"] = meta
+	if spec, ok := u.Object["spec"]; ok {
+		obj["spec"] = spec
+	}
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return nil, err
+	}
+	return translate.Decode(b, "")
+}
+
+// servicePortFor finds the Service port an EndpointSlice port belongs to: by
+// name, or the only port when unnamed.
+func servicePortFor(svc *corev1.Service, sp discoveryv1.EndpointPort) (corev1.ServicePort, bool) {
+	name := ""
+	if sp.Name != nil {
+		name = *sp.Name
+	}
+	for _, p := range svc.Spec.Ports {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return corev1.ServicePort{}, false
+}
+
+// portProtocol reads a Service port's protocol as OSM does: appProtocol, then
+// the port name's prefix (http-, tcp-, tcp-server-first-, grpc-), then http.
+func portProtocol(p corev1.ServicePort) model.Protocol {
+	if p.AppProtocol != nil {
+		if proto, err := model.ParseProtocol(*p.AppProtocol); err == nil {
+			return proto
+		}
+	}
+	name := strings.ToLower(p.Name)
+	for _, pr := range []model.Protocol{model.ProtocolTCPServerFirst, model.ProtocolHTTP, model.ProtocolTCP, model.ProtocolGRPC} {
+		if name == string(pr) || strings.HasPrefix(name, string(pr)+"-") {
+			return pr
+		}
+	}
+	return model.ProtocolHTTP
+}
+
+func dedupe(ms []model.ServiceMembership) []model.ServiceMembership {
+	seen := map[model.ServiceMembership]bool{}
+	var out []model.ServiceMembership
+	for _, m := range ms {
+		if !seen[m] {
+			seen[m] = true
+			out = append(out, m)
+		}
+	}
+	return out
+}
