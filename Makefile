@@ -49,7 +49,7 @@ cluster-down: ## tear the test cluster down, leaving nothing behind
 # Benchmarks (bench/): not part of `make test`. `bench` runs the full comparison
 # (about 3 minutes) and writes bench/results/latest.json; `bench-smoke` is a short
 # one-round run that fails when a configuration breaks or a request fails.
-.PHONY: bench bench-smoke bench-tools
+.PHONY: bench bench-smoke bench-scale bench-tools
 BENCH_ARGS ?=
 
 bench-tools:
@@ -61,3 +61,6 @@ bench: build bench-tools ## compare direct, trellis, nginx and haproxy (3 rounds
 
 bench-smoke: build bench-tools ## a 2 s, 1-round run of the benchmark harness that fails on breakage
 	bench/.bin/trellis-bench --duration 2s --warmup 0s --rounds 1 --probes 1 --fail-on-errors --out bench/results/smoke.json $(BENCH_ARGS)
+
+bench-scale: build bench-tools ## sidecar memory with 10, 1,000 and 5,000 services in the mesh (~10 s)
+	bench/.bin/trellis-bench --scale 10,1000,5000 --out bench/results/scale.json $(BENCH_ARGS)

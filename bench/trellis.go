@@ -64,6 +64,7 @@ type sidecarConfig struct {
 		PID      int    `json:"pid"`
 		RSSBytes uint64 `json:"rss_bytes"`
 	} `json:"process"`
+	Destinations []json.RawMessage `json:"destinations"`
 }
 
 // readyLine is the sidecar's JSON log line that says it is ready.

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -58,6 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var o bench.Options
 	var configs, out string
 	var failOnErrors bool
+	var scale string
 	fs.StringVar(&configs, "configs", strings.Join(bench.AllConfigurations(), ","), "comma-separated configurations to run, in round order")
 	fs.IntVar(&o.Rounds, "rounds", 3, "rounds of every configuration; medians are reported")
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "measured period of each round")
@@ -72,6 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.HAProxyBin, "haproxy", lookPath("haproxy", "/usr/sbin/haproxy"), "haproxy binary")
 	fs.StringVar(&out, "out", filepath.Join("bench", "results", "latest.json"), "JSON results file (\"\": none)")
 	fs.BoolVar(&failOnErrors, "fail-on-errors", false, "exit 1 if any request failed, as well as when a configuration failed")
+	fs.StringVar(&scale, "scale", "", "run the memory-at-scale benchmark instead, at these mesh sizes (services, comma-separated, such as 10,1000,5000)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: trellis-bench [flags]\n\nExample (what make bench-smoke runs):\n  trellis-bench --duration 2s --warmup 0s --rounds 1 --probes 1 --fail-on-errors --out bench/results/smoke.json\n\nFlags:")
 		fs.PrintDefaults()
@@ -91,6 +94,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	o.Progress = stderr
+	if scale != "" {
+		return runScale(ctx, args, scale, o, out, stdout, stderr)
+	}
 
 	rep, err := bench.Run(ctx, o)
 	if err != nil {
@@ -115,8 +121,40 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// writeJSON writes the report atomically.
-func writeJSON(path string, rep *bench.Report) error {
+// runScale runs the memory-at-scale benchmark and reports it like the main one.
+func runScale(ctx context.Context, args []string, sizes string, o bench.Options, out string, stdout, stderr io.Writer) error {
+	so := bench.ScaleOptions{TrellisBin: o.TrellisBin, FortioBin: o.FortioBin, TempDir: o.TempDir, Progress: stderr}
+	for _, f := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return exitError{2, fmt.Sprintf("--scale: %q is not a number of services", f)}
+		}
+		so.Sizes = append(so.Sizes, n)
+	}
+	rep, err := bench.RunScale(ctx, so)
+	if err != nil {
+		return err
+	}
+	rep.Command = strings.Join(append([]string{"trellis-bench"}, args...), " ")
+	if err := bench.WriteScaleTable(stdout, rep); err != nil {
+		return err
+	}
+	if out != "" {
+		if err := writeJSON(out, rep); err != nil {
+			return err
+		}
+		fmt.Fprintln(stderr, "wrote", out)
+	}
+	for _, r := range rep.Results {
+		if r.Errors > 0 {
+			return fmt.Errorf("%d of %d requests failed with %d services", r.Errors, r.Requests, r.Services)
+		}
+	}
+	return nil
+}
+
+// writeJSON writes a report atomically.
+func writeJSON(path string, rep any) error {
 	b, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
 		return err

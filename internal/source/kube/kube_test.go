@@ -3,6 +3,7 @@ package kube
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -312,3 +314,36 @@ spec:
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestTokenReviewer checks sidecar authentication against the real API server:
+// a projected token for audience trellis gives the service account's identity;
+// a token for another audience, and garbage, are refused.
+func TestTokenReviewer(t *testing.T) {
+	c := testCluster(t)
+	ns := c.namespace(t, "bookbuyer", true)
+	ctx := context.Background()
+	if _, err := c.client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "bookbuyer"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	token := func(aud string) string {
+		t.Helper()
+		exp := int64(600)
+		tr, err := c.client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "bookbuyer", &authnv1.TokenRequest{
+			Spec: authnv1.TokenRequestSpec{Audiences: []string{aud}, ExpirationSeconds: &exp},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr.Status.Token
+	}
+	r := &TokenReviewer{Client: c.client}
+	id, err := r.Authenticate(ctx, token(Audience))
+	if err != nil || id != (model.Identity{Namespace: ns, Account: "bookbuyer"}) {
+		t.Errorf("Authenticate(trellis token) = %v, %v; want %s/bookbuyer", id, err, ns)
+	}
+	for name, tok := range map[string]string{"another audience": token("someone-else"), "garbage": "not-a-token", "empty": ""} {
+		if id, err := r.Authenticate(ctx, tok); !errors.Is(err, ErrUnauthenticated) {
+			t.Errorf("Authenticate(%s) = %v, %v; want ErrUnauthenticated", name, id, err)
+		}
+	}
+}

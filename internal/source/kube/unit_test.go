@@ -60,3 +60,23 @@ func TestResourceOfDropsServerFields(t *testing.T) {
 		t.Errorf("raw (-want +got):\n%s", diff)
 	}
 }
+
+func TestServiceAccount(t *testing.T) {
+	tests := []struct {
+		user string
+		want model.Identity
+		ok   bool
+	}{
+		{"system:serviceaccount:bookstore:bookstore-v2", model.Identity{Namespace: "bookstore", Account: "bookstore-v2"}, true},
+		{"system:serviceaccount:bookstore", model.Identity{}, false},
+		{"system:serviceaccount::x", model.Identity{}, false},
+		{"system:serviceaccount:a:b:c", model.Identity{}, false},
+		{"kubernetes-admin", model.Identity{}, false},
+	}
+	for _, tt := range tests {
+		got, ok := serviceAccount(tt.user)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("serviceAccount(%q) = %v, %v; want %v, %v", tt.user, got, ok, tt.want, tt.ok)
+		}
+	}
+}
