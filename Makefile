@@ -38,13 +38,20 @@ proto: ## regenerate api/proxy/v1 (needs protoc)
 clean:
 	rm -rf $(BIN)
 
-.PHONY: cluster-up cluster-down
+.PHONY: cluster-up cluster-down e2e-kube
+KUBE_TESTS ?= ./internal/source/kube/...
+CLUSTER_DIR ?= $(or $(TRELLIS_CLUSTER_DIR),/tmp/trellis-cluster)
 
 cluster-up: ## bring up a single-node Kubernetes test cluster (root; see test/cluster/README.md)
 	./test/cluster/up.sh
 
 cluster-down: ## tear the test cluster down, leaving nothing behind
 	./test/cluster/down.sh
+
+e2e-kube: ## bring the test cluster up, run the Kubernetes tests against it, tear it down (root)
+	./test/cluster/up.sh
+	TRELLIS_TEST_KUBECONFIG=$(CLUSTER_DIR)/kubeconfig $(GO) test -count=1 $(KUBE_TESTS); \
+	  rc=$$?; ./test/cluster/down.sh; exit $$rc
 
 # Benchmarks (bench/): not part of `make test`. `bench` runs the full comparison
 # (about 3 minutes) and writes bench/results/latest.json; `bench-smoke` is a short

@@ -1,8 +1,11 @@
-// Package controlplane runs Trellis's control plane in local mode: it opens the
-// store in the state directory, keeps the built-in CA, rebuilds the model snapshot
-// on every change, serves sidecars over gRPC (mutual TLS once certified) and
-// serves the admin API that the CLI uses (apply, get, delete, run's registrations).
-// It writes control-plane.json in the state directory so that the CLI finds it.
+// Package controlplane runs Trellis's control plane. In local mode (Run) it opens
+// the store in the state directory, keeps the built-in CA, rebuilds the model
+// snapshot on every change, serves sidecars over gRPC (mutual TLS once
+// certified) and serves the admin API that the CLI uses (apply, get, delete,
+// run's registrations); it writes control-plane.json in the state directory so
+// that the CLI finds it. In Kubernetes mode (RunKube) the snapshots come from
+// the cluster's informers and sidecars prove themselves with projected
+// service-account tokens.
 package controlplane
 
 import (
@@ -97,40 +100,9 @@ func Run(ctx context.Context, o Options) error {
 	srv := serve.New(serve.Config{Authenticator: store, Signer: ca, Observer: store, LeafTTL: o.LeafTTL, Logger: log})
 	srv.Update(store.Snapshot())
 
-	cpID := spiffe.ID{TrustDomain: store.Snapshot().Mesh().TrustDomain, Namespace: identityNS, Account: "trellis-control-plane"}
-	serving := &servingCert{issue: func() (tls.Certificate, error) {
-		return ca.ServingCert(cpID, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback})
-	}}
-	if _, err := serving.get(time.Now()); err != nil {
-		return err
-	}
-	roots := x509.NewCertPool()
-	for _, der := range ca.Bundle() {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return err
-		}
-		roots.AddCert(c)
-	}
-	tlsConf := &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			return serving.get(time.Now())
-		},
-		ClientAuth: tls.VerifyClientCertIfGiven,
-		ClientCAs:  roots,
-		NextProtos: []string{"h2"},
-	}
-	g := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(tlsConf)),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
-	srv.Register(g)
-
-	gl, err := net.Listen("tcp", o.GRPCAddr)
+	g, gl, err := listenGRPC(o.GRPCAddr, ca, srv, store.Snapshot().Mesh().TrustDomain, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback})
 	if err != nil {
-		return fmt.Errorf("gRPC listener: %w", err)
+		return err
 	}
 	al, err := net.Listen("tcp", o.AdminAddr)
 	if err != nil {
@@ -170,6 +142,47 @@ func Run(ctx context.Context, o Options) error {
 			log.Debug("snapshot", "hash", snap.Hash(), "problems", len(snap.Problems()))
 		}
 	}
+}
+
+// listenGRPC makes the gRPC server sidecars talk to, serving srv over TLS with
+// a certificate from ca for the given names (renewed like every workload's),
+// verifying client certificates when given, and listens on addr.
+func listenGRPC(addr string, ca *identity.CA, srv *serve.Server, trustDomain string, dnsNames []string, ips []net.IP) (*grpc.Server, net.Listener, error) {
+	cpID := spiffe.ID{TrustDomain: trustDomain, Namespace: identityNS, Account: "trellis-control-plane"}
+	serving := &servingCert{issue: func() (tls.Certificate, error) {
+		return ca.ServingCert(cpID, dnsNames, ips)
+	}}
+	if _, err := serving.get(time.Now()); err != nil {
+		return nil, nil, err
+	}
+	roots := x509.NewCertPool()
+	for _, der := range ca.Bundle() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, nil, err
+		}
+		roots.AddCert(c)
+	}
+	tlsConf := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return serving.get(time.Now())
+		},
+		ClientAuth: tls.VerifyClientCertIfGiven,
+		ClientCAs:  roots,
+		NextProtos: []string{"h2"},
+	}
+	g := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsConf)),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	srv.Register(g)
+	gl, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("gRPC listener: %w", err)
+	}
+	return g, gl, nil
 }
 
 func loadOrCreateToken(path string) (string, error) {

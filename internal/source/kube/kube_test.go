@@ -1,4 +1,4 @@
-package kube
+package kube_test
 
 import (
 	"bytes"
@@ -26,11 +26,12 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/manifests"
 	"github.com/trellis-mesh/trellis/internal/model"
+	"github.com/trellis-mesh/trellis/internal/source/kube"
 )
 
-// KubeconfigEnv names the kubeconfig of the test cluster (test/cluster, `make
+// kubeconfigEnv names the kubeconfig of the test cluster (test/cluster, `make
 // e2e-kube` sets it). Without it the tests that need a cluster are skipped.
-const KubeconfigEnv = "TRELLIS_TEST_KUBECONFIG"
+const kubeconfigEnv = "TRELLIS_TEST_KUBECONFIG"
 
 type cluster struct {
 	client  kubernetes.Interface
@@ -39,9 +40,9 @@ type cluster struct {
 
 func testCluster(t *testing.T) *cluster {
 	t.Helper()
-	path := os.Getenv(KubeconfigEnv)
+	path := os.Getenv(kubeconfigEnv)
 	if path == "" {
-		t.Skipf("no test cluster: set $%s (make e2e-kube does)", KubeconfigEnv)
+		t.Skipf("no test cluster: set $%s (make e2e-kube does)", kubeconfigEnv)
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", path)
 	if err != nil {
@@ -76,13 +77,18 @@ func (c *cluster) installCRDs(t *testing.T) {
 			t.Fatalf("CRD %s: %v", u.GetName(), err)
 		}
 	}
-	for _, cr := range CustomResources() {
+	for _, cr := range kube.CustomResources() {
 		eventually(t, 30*time.Second, "CRD "+cr.GVR.String()+" served", func() error {
-			ok, err := served(c.client, cr)
-			if err == nil && !ok {
-				err = fmt.Errorf("not served yet")
+			rl, err := c.client.Discovery().ServerResourcesForGroupVersion(cr.GVR.GroupVersion().String())
+			if err != nil {
+				return err
 			}
-			return err
+			for _, r := range rl.APIResources {
+				if r.Name == cr.GVR.Resource {
+					return nil
+				}
+			}
+			return fmt.Errorf("not served yet")
 		})
 	}
 }
@@ -93,7 +99,7 @@ func (c *cluster) namespace(t *testing.T, prefix string, inMesh bool) string {
 	t.Helper()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%06x", prefix, rand.IntN(1<<24))}}
 	if inMesh {
-		ns.Labels = map[string]string{InjectLabel: "enabled"}
+		ns.Labels = map[string]string{kube.InjectLabel: "enabled"}
 	}
 	if _, err := c.client.CoreV1().Namespaces().Create(context.Background(), ns, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -173,7 +179,7 @@ func (c *cluster) apply(t *testing.T, doc string) {
 }
 
 func (c *cluster) gvrOf(t *testing.T, kind string) schema.GroupVersionResource {
-	for _, cr := range CustomResources() {
+	for _, cr := range kube.CustomResources() {
 		if cr.Kind == kind {
 			return cr.GVR
 		}
@@ -233,7 +239,7 @@ spec:
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	src := New(Options{Client: c.client, Dynamic: c.dynamic})
+	src := kube.New(kube.Options{Client: c.client, Dynamic: c.dynamic})
 	if src.Snapshot() != nil {
 		t.Fatal("a snapshot before Run")
 	}
@@ -336,13 +342,13 @@ func TestTokenReviewer(t *testing.T) {
 		}
 		return tr.Status.Token
 	}
-	r := &TokenReviewer{Client: c.client}
-	id, err := r.Authenticate(ctx, token(Audience))
+	r := &kube.TokenReviewer{Client: c.client}
+	id, err := r.Authenticate(ctx, token(kube.Audience))
 	if err != nil || id != (model.Identity{Namespace: ns, Account: "bookbuyer"}) {
 		t.Errorf("Authenticate(trellis token) = %v, %v; want %s/bookbuyer", id, err, ns)
 	}
 	for name, tok := range map[string]string{"another audience": token("someone-else"), "garbage": "not-a-token", "empty": ""} {
-		if id, err := r.Authenticate(ctx, tok); !errors.Is(err, ErrUnauthenticated) {
+		if id, err := r.Authenticate(ctx, tok); !errors.Is(err, kube.ErrUnauthenticated) {
 			t.Errorf("Authenticate(%s) = %v, %v; want ErrUnauthenticated", name, id, err)
 		}
 	}
