@@ -30,7 +30,7 @@ fuzz: ## short runs of the fuzz targets
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeTranslate$$' -fuzztime $(FUZZTIME) ./internal/source/translate
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/spiffe
 
-test: lint build test-unit fuzz ## everything CI runs
+test: lint build test-unit fuzz e2e-kube ## everything CI runs (e2e-kube needs root)
 
 proto: ## regenerate api/proxy/v1 (needs protoc)
 	./hack/genproto.sh

@@ -27,6 +27,17 @@ type CRD struct {
 // Name is the CRD's object name, plural.group.
 func (c CRD) Name() string { return c.Plural + "." + c.Group }
 
+// Protected says the group is one the API server reserves for Kubernetes
+// projects (k8s.io and kubernetes.io), whose CRDs carry an approval annotation.
+func (c CRD) Protected() bool {
+	for _, suffix := range []string{".k8s.io", ".kubernetes.io"} {
+		if strings.HasSuffix(c.Group, suffix) {
+			return true
+		}
+	}
+	return false
+}
+
 // CRDs lists every custom resource Trellis accepts, at the versions OSM
 // served them (OSM-COMPAT) and Gateway API v1 for routes.
 func CRDs() []CRD {
@@ -55,6 +66,12 @@ metadata:
   name: {{.Name}}
   labels:
     app.kubernetes.io/part-of: trellis
+{{- if .Protected}}
+  annotations:
+    # Groups under k8s.io need this; "unapproved" marks a stand-in. Where the
+    # Gateway API's own CRDs are installed, use those instead.
+    api-approved.kubernetes.io: "unapproved, Trellis stand-in for the Gateway API CRDs"
+{{- end}}
 spec:
   group: {{.Group}}
   scope: Namespaced

@@ -311,10 +311,12 @@ func (s *Source) inputs() (model.Inputs, []model.Problem) {
 		in.Services = append(in.Services, ms)
 	}
 
-	// Which services each pod backs, and whether any slice calls it ready.
+	// Which services each pod backs, and whether any slice calls it not
+	// ready (readiness is the pod's; the slices should agree, and when they
+	// do not, the pod takes no traffic).
 	type member struct {
 		services []model.ServiceMembership
-		ready    bool
+		notReady bool
 	}
 	members := map[string]*member{} // by namespace/pod
 	for _, sl := range s.slices.list() {
@@ -332,8 +334,8 @@ func (s *Source) inputs() (model.Inputs, []model.Problem) {
 				m = &member{}
 				members[key] = m
 			}
-			if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
-				m.ready = true
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				m.notReady = true
 			}
 			for _, sp := range sl.Ports {
 				if p, ok := servicePortFor(svc, sp); ok {
@@ -360,7 +362,7 @@ func (s *Source) inputs() (model.Inputs, []model.Problem) {
 		}
 		if m := members[w.ID]; m != nil {
 			w.Services = dedupe(m.services)
-			w.Ready = m.ready
+			w.Ready = !m.notReady
 		}
 		in.Workloads = append(in.Workloads, w)
 	}
