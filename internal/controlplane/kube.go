@@ -1,7 +1,9 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,13 +12,18 @@ import (
 	"path/filepath"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/serve"
 	"github.com/trellis-mesh/trellis/internal/source/kube"
+	"github.com/trellis-mesh/trellis/internal/spiffe"
 )
 
 // KubeOptions configure a control plane in Kubernetes mode.
@@ -34,11 +41,22 @@ type KubeOptions struct {
 	IPs      []net.IP
 	// Namespace the control plane runs in; default trellis-system.
 	Namespace string
-	LeafTTL   time.Duration
-	Logger    *slog.Logger
+	// WebhookAddr serves the injection webhook (HTTPS) at /mutate; default
+	// :9443. Inject configures the sidecars it adds; without a ProxyImage no
+	// webhook is served.
+	WebhookAddr string
+	Inject      inject.Config
+	LeafTTL     time.Duration
+	Logger      *slog.Logger
 	// Ready, if set, is called once the sources have synced and sidecars are
-	// served, with the gRPC and health addresses.
-	Ready func(grpcAddr, healthAddr string)
+	// served, with the bound addresses.
+	Ready func(KubeInfo)
+}
+
+// KubeInfo is where a Kubernetes-mode control plane listens.
+type KubeInfo struct {
+	GRPC, Health string
+	Webhook      string // empty when no webhook is served
 }
 
 // RunKube serves sidecars from the Kubernetes source until ctx ends. Sidecars
@@ -56,6 +74,9 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 	}
 	if o.Namespace == "" {
 		o.Namespace = identityNS
+	}
+	if o.WebhookAddr == "" {
+		o.WebhookAddr = ":9443"
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -91,6 +112,30 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 		}
 	})
 	health := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	var webhook *http.Server
+	info := KubeInfo{GRPC: gl.Addr().String(), Health: hl.Addr().String()}
+	if o.Inject.ProxyImage != "" {
+		wl, err := net.Listen("tcp", o.WebhookAddr)
+		if err != nil {
+			gl.Close()
+			hl.Close()
+			return fmt.Errorf("webhook listener: %w", err)
+		}
+		cert := &servingCert{issue: func() (tls.Certificate, error) {
+			return ca.ServingCert(spiffe.ID{TrustDomain: model.DefaultTrustDomain, Namespace: o.Namespace, Account: "trellis-control-plane"}, names, ips)
+		}}
+		if _, err := cert.get(time.Now()); err != nil {
+			return err
+		}
+		wmux := http.NewServeMux()
+		wmux.Handle("POST /mutate", &inject.Webhook{Config: o.Inject, Namespaces: src.Namespace, Logger: log.With("component", "injector")})
+		webhook = &http.Server{Handler: wmux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{
+			MinVersion:     tls.VersionTLS12, // the API server's client
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert.get(time.Now()) },
+		}}
+		go webhook.ServeTLS(wl, "", "")
+		info.Webhook = wl.Addr().String()
+	}
 	// Streams and certification wait in serve until the first Update: the
 	// gRPC server may accept connections before the caches have synced.
 	go g.Serve(gl)
@@ -98,6 +143,9 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		health.Shutdown(sctx)
+		if webhook != nil {
+			webhook.Shutdown(sctx)
+		}
 		cancel()
 		g.Stop()
 		log.Info("control plane stopped")
@@ -115,10 +163,12 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 	case <-src.Synced():
 	}
 	srv.Update(src.Snapshot())
-	log.Info("control plane serving", "mode", "kubernetes", "grpc", gl.Addr().String(), "health", hl.Addr().String(),
+	bundles := &caBundles{client: o.Client, pem: ca.BundlePEM(), log: log}
+	bundles.ensure(ctx, src.MeshedNamespaces())
+	log.Info("control plane serving", "mode", "kubernetes", "grpc", info.GRPC, "health", info.Health, "webhook", info.Webhook,
 		"watching", src.Watched(), "snapshot", src.Snapshot().Hash())
 	if o.Ready != nil {
-		o.Ready(gl.Addr().String(), hl.Addr().String())
+		o.Ready(info)
 	}
 	for {
 		select {
@@ -129,7 +179,54 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 		case <-src.Changes():
 			snap := src.Snapshot()
 			srv.Update(snap)
+			bundles.ensure(ctx, src.MeshedNamespaces())
 			log.Debug("snapshot", "hash", snap.Hash(), "problems", len(src.Problems()))
 		}
 	}
+}
+
+// caBundles keeps the trellis-ca-bundle ConfigMap, the roots injected
+// sidecars verify the control plane with, in every meshed namespace.
+type caBundles struct {
+	client kubernetes.Interface
+	pem    []byte
+	log    *slog.Logger
+	done   map[string]bool // namespaces known to hold the current bundle
+}
+
+func (b *caBundles) ensure(ctx context.Context, namespaces []string) {
+	if b.done == nil {
+		b.done = map[string]bool{}
+	}
+	for _, ns := range namespaces {
+		if b.done[ns] {
+			continue
+		}
+		if err := b.ensureOne(ctx, ns); err != nil {
+			b.log.Warn("CA bundle not written; pods injected there cannot start their sidecar until it is", "namespace", ns, "err", err)
+			continue
+		}
+		b.done[ns] = true
+	}
+}
+
+func (b *caBundles) ensureOne(ctx context.Context, ns string) error {
+	cms := b.client.CoreV1().ConfigMaps(ns)
+	want := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: inject.CABundleConfigMap, Labels: map[string]string{"app.kubernetes.io/part-of": "trellis"}},
+		Data:       map[string]string{"ca.pem": string(b.pem)},
+	}
+	cur, err := cms.Get(ctx, want.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = cms.Create(ctx, want, metav1.CreateOptions{})
+		return err
+	case err != nil:
+		return err
+	case bytes.Equal([]byte(cur.Data["ca.pem"]), b.pem):
+		return nil
+	}
+	cur.Data = want.Data
+	_, err = cms.Update(ctx, cur, metav1.UpdateOptions{})
+	return err
 }

@@ -40,7 +40,10 @@ type Options struct {
 	ControlPlane string // host:port of the control plane's gRPC endpoint
 	CAFile       string // PEM roots that verify the control plane
 	Credential   string // join token or service-account token
-	WorkloadID   string // as registered
+	// CredentialFile, when set, holds the credential and is read again at each
+	// renewal (a projected service-account token on Kubernetes).
+	CredentialFile string
+	WorkloadID     string // as registered
 
 	// Listen addresses, host:port, or fd:N for a listening socket inherited as
 	// file descriptor N (how `trellis run` hands over sockets it bound itself,
@@ -69,6 +72,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.ControlPlane, "control-plane", "127.0.0.1:15128", "control plane gRPC `address`")
 	fs.StringVar(&o.CAFile, "ca-file", "", "PEM `file` of the roots that verify the control plane (required)")
 	fs.StringVar(&o.WorkloadID, "workload-id", "", "registered workload `id` (required)")
+	fs.StringVar(&o.CredentialFile, "token-file", "", "`file` holding the credential, read at each renewal (default: $"+TokenEnv+")")
 	fs.StringVar(&o.InboundAddr, "inbound", "127.0.0.1:15003", "inbound mTLS listen `address` (host:port, or fd:N for an inherited socket)")
 	fs.StringVar(&o.OutboundAddr, "outbound", "127.0.0.1:15001", "outbound (app's HTTP proxy) listen `address` (host:port or fd:N)")
 	fs.StringVar(&o.AdminAddr, "admin", "127.0.0.1:15000", "admin listen `address` (host:port or fd:N)")
@@ -131,8 +135,8 @@ func New(o Options) (*Proxy, error) {
 	if o.WorkloadID == "" {
 		return nil, errors.New("--workload-id is required: the ID `trellis run` registered")
 	}
-	if o.Credential == "" {
-		return nil, fmt.Errorf("no join token: set $%s", TokenEnv)
+	if o.Credential == "" && o.CredentialFile == "" {
+		return nil, fmt.Errorf("no credential: set $%s or pass --token-file", TokenEnv)
 	}
 	pem, err := os.ReadFile(o.CAFile)
 	if err != nil {
@@ -172,12 +176,13 @@ func New(o Options) (*Proxy, error) {
 		p.access = telemetry.NewAccessLog(o.AccessLog)
 	}
 	p.client = control.New(control.Config{
-		Address:     o.ControlPlane,
-		Roots:       roots,
-		Credential:  o.Credential,
-		WorkloadID:  o.WorkloadID,
-		Credentials: creds,
-		Logger:      o.Logger,
+		Address:        o.ControlPlane,
+		Roots:          roots,
+		Credential:     o.Credential,
+		CredentialFile: o.CredentialFile,
+		WorkloadID:     o.WorkloadID,
+		Credentials:    creds,
+		Logger:         o.Logger,
 	})
 	return p, nil
 }

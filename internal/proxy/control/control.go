@@ -17,6 +17,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -40,6 +42,9 @@ type Config struct {
 	Roots *x509.CertPool
 	// Credential proves the sidecar's identity: a join token or a service-account token.
 	Credential string
+	// CredentialFile, when set, is read before each certification instead of
+	// Credential: a projected service-account token, which the kubelet rotates.
+	CredentialFile string
 	// WorkloadID is the registered workload this sidecar serves.
 	WorkloadID string
 	// Credentials receive the certificate; peers' TLS reads them.
@@ -115,7 +120,15 @@ func (c *Client) Certify(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := c.certify.CallUnary(ctx, connect.NewRequest(&proxyv1.CertifyRequest{Csr: csr, Credential: c.cfg.Credential}))
+	cred := c.cfg.Credential
+	if c.cfg.CredentialFile != "" {
+		b, err := os.ReadFile(c.cfg.CredentialFile)
+		if err != nil {
+			return fmt.Errorf("credential: %w", err)
+		}
+		cred = strings.TrimSpace(string(b))
+	}
+	resp, err := c.certify.CallUnary(ctx, connect.NewRequest(&proxyv1.CertifyRequest{Csr: csr, Credential: cred}))
 	c.certifyTr.CloseIdleConnections() // needed again only at renewal
 	if err != nil {
 		return fmt.Errorf("certify with the control plane at %s: %w", c.cfg.Address, err)

@@ -118,3 +118,32 @@ func TestCertifyRefusedCredentialIsPermanent(t *testing.T) {
 		t.Errorf("CertifyUntilDone took %v: a refused credential must not be retried", d)
 	}
 }
+
+// A credential in a file is read at each certification: a rotated token is
+// used at the next renewal, and a missing file is an error naming it.
+func TestCertifyCredentialFile(t *testing.T) {
+	addr, roots, cp := startControlPlane(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	reg, err := cp.Register(ctx, local.Registration{Name: "bookbuyer", Namespace: "bookbuyer", Account: "bookbuyer", Address: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "token")
+	c := New(Config{Address: addr, Roots: roots, CredentialFile: file, WorkloadID: reg.ID, Credentials: &spiffe.Credentials{}})
+	if err := c.Certify(ctx); err == nil || !strings.Contains(err.Error(), file) {
+		t.Errorf("Certify without the file = %v, want an error naming %s", err, file)
+	}
+	if err := os.WriteFile(file, []byte("wrong-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Certify(ctx); err == nil {
+		t.Error("Certify with a wrong token in the file succeeded")
+	}
+	if err := os.WriteFile(file, []byte(reg.Token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Certify(ctx); err != nil {
+		t.Errorf("Certify after the token was written: %v", err)
+	}
+}

@@ -4,17 +4,21 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	proxyv1 "github.com/trellis-mesh/trellis/api/proxy/v1"
 	"github.com/trellis-mesh/trellis/internal/controlplane"
+	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/proxy/control"
 	"github.com/trellis-mesh/trellis/internal/spiffe"
 )
@@ -31,14 +35,14 @@ func TestControlPlaneKubeMode(t *testing.T) {
 
 	state := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
-	type addrs struct{ grpc, health string }
-	ready := make(chan addrs, 1)
+	ready := make(chan controlplane.KubeInfo, 1)
 	done := make(chan error, 1)
 	go func() {
 		done <- controlplane.RunKube(ctx, controlplane.KubeOptions{
-			StateDir: state, GRPCAddr: "127.0.0.1:0", HealthAddr: "127.0.0.1:0",
+			StateDir: state, GRPCAddr: "127.0.0.1:0", HealthAddr: "127.0.0.1:0", WebhookAddr: "127.0.0.1:0",
 			Client: c.client, Dynamic: c.dynamic,
-			Ready: func(g, h string) { ready <- addrs{g, h} },
+			Inject: inject.Config{ProxyImage: "localhost/trellis/proxy:test", ControlPlane: "10.96.0.20:15128"},
+			Ready:  func(i controlplane.KubeInfo) { ready <- i },
 		})
 	}()
 	t.Cleanup(func() {
@@ -47,7 +51,7 @@ func TestControlPlaneKubeMode(t *testing.T) {
 			t.Errorf("RunKube: %v", err)
 		}
 	})
-	var a addrs
+	var a controlplane.KubeInfo
 	select {
 	case a = <-ready:
 	case err := <-done:
@@ -74,8 +78,13 @@ func TestControlPlaneKubeMode(t *testing.T) {
 
 	cctx, ccancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer ccancel()
+	// The token as the kubelet projects it: a file, read at each certification.
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(tr.Status.Token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	creds := &spiffe.Credentials{}
-	cl := control.New(control.Config{Address: a.grpc, Roots: roots, Credential: tr.Status.Token, WorkloadID: ns + "/bookstore-v1", Credentials: creds})
+	cl := control.New(control.Config{Address: a.GRPC, Roots: roots, CredentialFile: tokenFile, WorkloadID: ns + "/bookstore-v1", Credentials: creds})
 	if err := cl.Certify(cctx); err != nil {
 		t.Fatalf("Certify with the pod's token: %v", err)
 	}
@@ -106,8 +115,101 @@ func TestControlPlaneKubeMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bad := control.New(control.Config{Address: a.grpc, Roots: roots, Credential: other.Status.Token, WorkloadID: ns + "/bookstore-v1", Credentials: &spiffe.Credentials{}})
+	bad := control.New(control.Config{Address: a.GRPC, Roots: roots, Credential: other.Status.Token, WorkloadID: ns + "/bookstore-v1", Credentials: &spiffe.Credentials{}})
 	if err := bad.Certify(cctx); err == nil {
 		t.Error("Certify with a token for another audience succeeded")
+	}
+}
+
+// TestInjectionWebhook registers the control plane's webhook with the real API
+// server and creates a pod in a meshed namespace: the stored pod has the
+// sidecar as a native sidecar, and the namespace has the CA bundle it mounts.
+// A pod of a namespace outside the mesh is left alone.
+func TestInjectionWebhook(t *testing.T) {
+	c := testCluster(t)
+	meshedNS := c.namespace(t, "bookstore", true)
+	outsideNS := c.namespace(t, "outside", false)
+	state := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan controlplane.KubeInfo, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- controlplane.RunKube(ctx, controlplane.KubeOptions{
+			StateDir: state, GRPCAddr: "127.0.0.1:0", HealthAddr: "127.0.0.1:0", WebhookAddr: "127.0.0.1:0",
+			Client: c.client, Dynamic: c.dynamic,
+			Inject: inject.Config{ProxyImage: "localhost/trellis/proxy:test", ControlPlane: "10.96.0.20:15128"},
+			Ready:  func(i controlplane.KubeInfo) { ready <- i },
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("RunKube: %v", err)
+		}
+	})
+	var info controlplane.KubeInfo
+	select {
+	case info = <-ready:
+	case err := <-done:
+		t.Fatalf("RunKube: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("control plane not serving after 30s")
+	}
+	rootPEM, err := os.ReadFile(filepath.Join(state, "ca", "root.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bg := context.Background()
+	name := "trellis-test-" + meshedNS
+	fail := admissionregistrationv1.Ignore
+	none := admissionregistrationv1.SideEffectClassNone
+	url := "https://" + info.Webhook + "/mutate"
+	timeout := int32(5)
+	wh := &admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Webhooks: []admissionregistrationv1.MutatingWebhook{{
+			Name:                    "inject.trellis.io",
+			ClientConfig:            admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: rootPEM},
+			Rules:                   []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create}, Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}},
+			NamespaceSelector:       &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpIn, Values: []string{meshedNS, outsideNS}}}},
+			FailurePolicy:           &fail,
+			SideEffects:             &none,
+			AdmissionReviewVersions: []string{"v1"},
+			TimeoutSeconds:          &timeout,
+		}},
+	}
+	if _, err := c.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(bg, wh, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(bg, name, metav1.DeleteOptions{})
+	})
+
+	// The API server may take a moment to start calling a new webhook.
+	var pod *corev1.Pod
+	for i := 0; ; i++ {
+		pod = c.pod(t, meshedNS, fmt.Sprintf("bookstore-v1-%d", i), "bookstore", fmt.Sprintf("10.244.0.%d", 220+i))
+		if pod.Annotations[inject.InjectedAnnotation] == "true" || i == 20 {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if len(pod.Spec.InitContainers) == 0 || pod.Spec.InitContainers[0].Name != inject.ProxyContainer ||
+		pod.Spec.InitContainers[0].RestartPolicy == nil || *pod.Spec.InitContainers[0].RestartPolicy != corev1.ContainerRestartPolicyAlways {
+		t.Fatalf("pod %s/%s was not injected with a native sidecar: init containers %+v", meshedNS, pod.Name, pod.Spec.InitContainers)
+	}
+	eventually(t, 10*time.Second, "the CA bundle in "+meshedNS, func() error {
+		cm, err := c.client.CoreV1().ConfigMaps(meshedNS).Get(bg, inject.CABundleConfigMap, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(cm.Data["ca.pem"], strings.TrimSpace(string(rootPEM))) {
+			return fmt.Errorf("ca.pem does not hold the root")
+		}
+		return nil
+	})
+	plain := c.pod(t, outsideNS, "plain", "default-sa", "10.244.0.250")
+	if len(plain.Spec.InitContainers) != 0 || plain.Annotations[inject.InjectedAnnotation] != "" {
+		t.Errorf("a pod outside the mesh was injected: %+v", plain.Spec.InitContainers)
 	}
 }

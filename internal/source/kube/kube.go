@@ -145,6 +145,39 @@ func (s *Source) Problems() []model.Problem {
 	return append([]model.Problem(nil), s.problems...)
 }
 
+// Namespace returns a namespace from the informer's cache; an error before
+// the source has synced or for a namespace it has not seen.
+func (s *Source) Namespace(name string) (*corev1.Namespace, error) {
+	select {
+	case <-s.synced:
+	default:
+		return nil, errors.New("kube source not synced yet")
+	}
+	obj, ok, err := s.namespaces.store.GetByKey(name)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("namespace %s not found", name)
+	}
+	return obj.(*corev1.Namespace), nil
+}
+
+// MeshedNamespaces returns the names of the namespaces in the mesh, sorted.
+func (s *Source) MeshedNamespaces() []string {
+	var out []string
+	if s.namespaces.store == nil {
+		return nil // not started
+	}
+	for _, ns := range s.namespaces.list() {
+		if meshed(ns) {
+			out = append(out, ns.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 // Watched returns the custom resource kinds whose CRDs were installed at start.
 func (s *Source) Watched() []string {
 	s.mu.Lock()

@@ -1,0 +1,228 @@
+// Package inject is Trellis's mutating admission webhook: it adds the sidecar to
+// the pods of meshed namespaces as a native sidecar (an init container with
+// restartPolicy Always, so that it is ready before the app starts and outlives
+// it at shutdown), with the pod's projected service-account token (audience
+// trellis) as its credential and the mesh's CA bundle, and points the app
+// containers' HTTP clients at it. The decision and the patch are pure functions
+// of the pod, its namespace and the Config; the patch is all or nothing, so a
+// pod is never left half-injected. The control plane serves it; the proxy never
+// imports it.
+package inject
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// Labels and annotations that opt namespaces and pods in and out, Trellis's
+// own and OSM's for migrating users (OSM-COMPAT 3.4).
+const (
+	InjectKey           = "trellis.io/inject"                    // namespace label or pod annotation: enabled | disabled
+	OSMMonitoredBy      = "openservicemesh.io/monitored-by"      // namespace label
+	OSMSidecarInjectKey = "openservicemesh.io/sidecar-injection" // namespace or pod annotation: enabled | disabled
+	InjectedAnnotation  = "trellis.io/injected"                  // set on injected pods
+)
+
+// Names and paths of what the webhook adds.
+const (
+	ProxyContainer = "trellis-proxy"
+	tokenVolume    = "trellis-token"
+	caVolume       = "trellis-ca"
+	tokenDir       = "/var/run/trellis/token"
+	caDir          = "/var/run/trellis/ca"
+	// CABundleConfigMap holds ca.pem, the roots that verify the control plane,
+	// in every meshed namespace.
+	CABundleConfigMap = "trellis-ca-bundle"
+	TokenAudience     = "trellis"
+)
+
+// Sidecar ports in the pod.
+const (
+	AdminPort    = 15000
+	OutboundPort = 15001
+	InboundPort  = 15003
+)
+
+// Config is what every injected sidecar gets.
+type Config struct {
+	// ProxyImage is the sidecar's image; required.
+	ProxyImage string
+	// ControlPlane is the control plane's gRPC address, host:port; required.
+	ControlPlane string
+	// PullPolicy of the sidecar image; default IfNotPresent.
+	PullPolicy corev1.PullPolicy
+	// TokenSeconds is the projected token's lifetime; default 3600.
+	TokenSeconds int64
+}
+
+// Decision says whether a pod is injected and why.
+type Decision struct {
+	Inject bool
+	Reason string
+}
+
+// Decide applies the opt-in and opt-out rules: the namespace opts in with
+// trellis.io/inject=enabled, or with OSM's monitored-by label and
+// sidecar-injection=enabled annotation; a pod opts out with either annotation
+// set to disabled; a pod already injected, or on the host network, is left as
+// it is.
+func Decide(pod *corev1.Pod, ns *corev1.Namespace) Decision {
+	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
+		if c.Name == ProxyContainer {
+			return Decision{false, "already injected"}
+		}
+	}
+	if pod.Spec.HostNetwork {
+		return Decision{false, "the pod uses the host's network"}
+	}
+	for _, k := range []string{InjectKey, OSMSidecarInjectKey} {
+		if strings.EqualFold(pod.Annotations[k], "disabled") || strings.EqualFold(pod.Annotations[k], "false") {
+			return Decision{false, "the pod opts out (" + k + "=" + pod.Annotations[k] + ")"}
+		}
+	}
+	switch {
+	case ns == nil:
+		return Decision{false, "namespace unknown"}
+	case ns.Labels[InjectKey] == "enabled":
+		return Decision{true, "namespace " + ns.Name + " has " + InjectKey + "=enabled"}
+	case ns.Labels[OSMMonitoredBy] != "" && strings.EqualFold(ns.Annotations[OSMSidecarInjectKey], "enabled"):
+		return Decision{true, "namespace " + ns.Name + " is monitored by mesh " + ns.Labels[OSMMonitoredBy] + " with sidecar injection enabled"}
+	case ns.Labels[OSMMonitoredBy] != "" && strings.EqualFold(pod.Annotations[OSMSidecarInjectKey], "enabled"):
+		return Decision{true, "the pod opts in (" + OSMSidecarInjectKey + "=enabled) in monitored namespace " + ns.Name}
+	}
+	return Decision{false, "namespace " + ns.Name + " is not in the mesh"}
+}
+
+// Mutate returns the injected pod: the sidecar first among the init
+// containers, its volumes, and HTTP_PROXY for the app containers. It does not
+// change pod.
+func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
+	if cfg.ProxyImage == "" || cfg.ControlPlane == "" {
+		return nil, fmt.Errorf("injection is not configured: a proxy image and the control plane's address are required")
+	}
+	if cfg.PullPolicy == "" {
+		cfg.PullPolicy = corev1.PullIfNotPresent
+	}
+	if cfg.TokenSeconds == 0 {
+		cfg.TokenSeconds = 3600
+	}
+	out := pod.DeepCopy()
+	always := corev1.ContainerRestartPolicyAlways
+	args := []string{
+		"--control-plane", cfg.ControlPlane,
+		"--ca-file", caDir + "/ca.pem",
+		"--token-file", tokenDir + "/token",
+		"--workload-id", "$(POD_NAMESPACE)/$(POD_NAME)",
+		"--inbound", "0.0.0.0:" + strconv.Itoa(InboundPort),
+		"--outbound", "127.0.0.1:" + strconv.Itoa(OutboundPort),
+		"--admin", "0.0.0.0:" + strconv.Itoa(AdminPort),
+	}
+	if p, ok := appPort(pod); ok {
+		args = append(args, "--app", "127.0.0.1:"+strconv.Itoa(int(p)))
+	}
+	ready := &corev1.Probe{
+		ProbeHandler:     corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(AdminPort)}},
+		PeriodSeconds:    1,
+		FailureThreshold: 60,
+	}
+	sidecar := corev1.Container{
+		Name:            ProxyContainer,
+		Image:           cfg.ProxyImage,
+		ImagePullPolicy: cfg.PullPolicy,
+		Args:            args,
+		RestartPolicy:   &always,
+		Env: []corev1.EnvVar{
+			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+		},
+		Ports: []corev1.ContainerPort{
+			{Name: "trellis-inbound", ContainerPort: InboundPort},
+			{Name: "trellis-admin", ContainerPort: AdminPort},
+		},
+		// The app starts only once the sidecar is ready (native sidecar
+		// start-up order): a startup probe gates it.
+		StartupProbe:   ready,
+		ReadinessProbe: &corev1.Probe{ProbeHandler: ready.ProbeHandler, PeriodSeconds: 5},
+		VolumeMounts: []corev1.VolumeMount{
+			{Name: tokenVolume, MountPath: tokenDir, ReadOnly: true},
+			{Name: caVolume, MountPath: caDir, ReadOnly: true},
+		},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot:             ptr(true),
+			RunAsUser:                ptr(int64(1500)),
+			AllowPrivilegeEscalation: ptr(false),
+			ReadOnlyRootFilesystem:   ptr(true),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		},
+	}
+	out.Spec.InitContainers = append([]corev1.Container{sidecar}, out.Spec.InitContainers...)
+	exp := cfg.TokenSeconds
+	out.Spec.Volumes = append(out.Spec.Volumes,
+		corev1.Volume{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: TokenAudience, ExpirationSeconds: &exp, Path: "token"}}},
+		}}},
+		corev1.Volume{Name: caVolume, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: CABundleConfigMap},
+		}}},
+	)
+	proxyURL := "http://127.0.0.1:" + strconv.Itoa(OutboundPort)
+	for i := range out.Spec.Containers {
+		c := &out.Spec.Containers[i]
+		c.Env = setEnvDefault(c.Env, "HTTP_PROXY", proxyURL)
+		c.Env = setEnvDefault(c.Env, "http_proxy", proxyURL)
+		c.Env = setEnvDefault(c.Env, "NO_PROXY", "localhost,127.0.0.1,::1")
+		c.Env = setEnvDefault(c.Env, "no_proxy", "localhost,127.0.0.1,::1")
+	}
+	if out.Annotations == nil {
+		out.Annotations = map[string]string{}
+	}
+	out.Annotations[InjectedAnnotation] = "true"
+	return out, nil
+}
+
+// appPort is the port the sidecar forwards inbound requests to: the first TCP
+// port the app containers declare.
+func appPort(pod *corev1.Pod) (int32, bool) {
+	for _, c := range pod.Spec.Containers {
+		for _, p := range c.Ports {
+			if p.Protocol == "" || p.Protocol == corev1.ProtocolTCP {
+				return p.ContainerPort, true
+			}
+		}
+	}
+	return 0, false
+}
+
+func setEnvDefault(env []corev1.EnvVar, name, value string) []corev1.EnvVar {
+	for _, e := range env {
+		if e.Name == name {
+			return env // the user's own setting wins
+		}
+	}
+	return append(env, corev1.EnvVar{Name: name, Value: value})
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// patchOp is one JSON Patch (RFC 6902) operation.
+type patchOp struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value any    `json:"value,omitempty"`
+}
+
+// Patch is the JSON Patch that turns pod into injected.
+func Patch(pod, injected *corev1.Pod) ([]byte, error) {
+	ops := []patchOp{
+		{Op: "add", Path: "/spec/initContainers", Value: injected.Spec.InitContainers},
+		{Op: "replace", Path: "/spec/containers", Value: injected.Spec.Containers},
+		{Op: "add", Path: "/spec/volumes", Value: injected.Spec.Volumes},
+		{Op: "add", Path: "/metadata/annotations", Value: injected.Annotations},
+	}
+	return json.Marshal(ops)
+}

@@ -1,0 +1,94 @@
+package inject
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// NamespaceGetter returns a namespace by name (from an informer's cache).
+type NamespaceGetter func(name string) (*corev1.Namespace, error)
+
+// Webhook serves AdmissionReview v1 requests for pods.
+type Webhook struct {
+	Config     Config
+	Namespaces NamespaceGetter
+	Logger     *slog.Logger
+}
+
+// maxReview bounds an AdmissionReview body; pods are far smaller.
+const maxReview = 4 << 20
+
+// ServeHTTP answers one AdmissionReview. The policy when injection cannot be
+// done (a namespace that cannot be read, a configuration error) is to admit
+// the pod unmeshed, with a warning the user sees in kubectl's output: a
+// control-plane problem never blocks workloads, and a pod is never admitted
+// half-injected.
+func (wh *Webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	log := wh.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxReview+1))
+	if err != nil || len(body) > maxReview {
+		http.Error(w, "cannot read the AdmissionReview", http.StatusBadRequest)
+		return
+	}
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
+		http.Error(w, "the body is not an AdmissionReview with a request", http.StatusBadRequest)
+		return
+	}
+	resp := wh.review(review.Request, log)
+	resp.UID = review.Request.UID
+	review.Response, review.Request = resp, nil
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(review)
+}
+
+func (wh *Webhook) review(req *admissionv1.AdmissionRequest, log *slog.Logger) *admissionv1.AdmissionResponse {
+	allow := &admissionv1.AdmissionResponse{Allowed: true}
+	if req.Kind.Kind != "Pod" || req.Operation != admissionv1.Create {
+		return allow
+	}
+	var pod corev1.Pod
+	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+		allow.Warnings = []string{"trellis: the pod could not be read, so it was admitted without the sidecar: " + err.Error()}
+		return allow
+	}
+	name := pod.Name
+	if name == "" {
+		name = pod.GenerateName + "*"
+	}
+	var ns *corev1.Namespace
+	if wh.Namespaces != nil {
+		var err error
+		if ns, err = wh.Namespaces(req.Namespace); err != nil {
+			allow.Warnings = []string{fmt.Sprintf("trellis: namespace %s could not be read (%v), so pod %s was admitted without the sidecar", req.Namespace, err, name)}
+			log.Warn("injection skipped", "pod", req.Namespace+"/"+name, "err", err)
+			return allow
+		}
+	}
+	d := Decide(&pod, ns)
+	if !d.Inject {
+		return allow
+	}
+	injected, err := Mutate(&pod, wh.Config)
+	if err == nil {
+		var patch []byte
+		if patch, err = Patch(&pod, injected); err == nil {
+			pt := admissionv1.PatchTypeJSONPatch
+			allow.Patch, allow.PatchType = patch, &pt
+			log.Info("sidecar injected", "pod", req.Namespace+"/"+name, "why", d.Reason)
+			return allow
+		}
+	}
+	allow.Warnings = []string{fmt.Sprintf("trellis: pod %s was admitted without the sidecar: %v", name, err)}
+	log.Error("injection failed", "pod", req.Namespace+"/"+name, "err", err)
+	return allow
+}
