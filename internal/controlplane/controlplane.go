@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/metrics"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/serve"
 	"github.com/trellis-mesh/trellis/internal/source/local"
@@ -78,7 +79,8 @@ func Run(ctx context.Context, o Options) error {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	log := o.Logger
-	store, err := local.Open(local.Options{Dir: o.StateDir, Grace: o.Grace})
+	builds := metrics.NewHistogram(nil)
+	store, err := local.Open(local.Options{Dir: o.StateDir, Grace: o.Grace, ObserveBuild: builds.Observe})
 	if err != nil {
 		return err
 	}
@@ -123,6 +125,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConf)),
+		grpc.StatsHandler(srv.StatsHandler()),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
@@ -142,7 +145,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := local.WriteFileAtomic(filepath.Join(o.StateDir, InfoFile), b, 0o644); err != nil {
 		return err
 	}
-	admin := &http.Server{Handler: newAdmin(store, srv, adminToken, log), ReadHeaderTimeout: 10 * time.Second}
+	admin := &http.Server{Handler: newAdmin(store, srv, builds, adminToken, log), ReadHeaderTimeout: 10 * time.Second}
 	go g.Serve(gl)
 	go admin.Serve(al)
 	log.Info("control plane serving", "grpc", info.GRPC, "admin", info.Admin, "state", o.StateDir, "snapshot", store.Snapshot().Hash())
