@@ -417,9 +417,9 @@ func register(ctx context.Context, c *controlplane.Client, o Options) ([]string,
 	}
 	tokens := make([]string, o.Identities)
 	var (
-		wg      sync.WaitGroup
-		next    atomic.Int64
-		errOnce sync.Once
+		wg       sync.WaitGroup
+		next     atomic.Int64
+		errOnce  sync.Once
 		firstErr error
 	)
 	for range 8 {
@@ -485,4 +485,3 @@ func raiseNoFile(need uint64) error {
 	lim.Cur = lim.Max
 	return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 }
-
