@@ -126,6 +126,12 @@ func Run(ctx context.Context, o Options) error {
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConf)),
 		grpc.StatsHandler(srv.StatsHandler()),
+		serve.Codec(), // destination configs marshalled once, sent as they are
+		// Memory per connection, which 10,000 sidecars multiply: the write
+		// buffer goes back to a pool after each flush, and frames are read
+		// straight from the TLS connection, which buffers a record already.
+		grpc.SharedWriteBuffer(true),
+		grpc.ReadBufferSize(0),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)

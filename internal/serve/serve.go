@@ -71,15 +71,12 @@ type Server struct {
 	once   sync.Once
 
 	mu sync.Mutex
-	// latest is the last snapshot given to Update, at latestAt; snap is the
-	// one published to streams, with dests compiled for it. A publisher
-	// goroutine runs while they differ.
+	// latest is the last snapshot given to Update, at latestAt; pub holds the
+	// one published to streams. A publisher goroutine runs while they differ.
 	latest     *model.Snapshot
 	latestAt   time.Time
 	publishing bool
-	snap       *model.Snapshot
-	readyAt    time.Time                                     // when snap was given to Update
-	dests      map[compile.Target]*proxyv1.DestinationConfig // compiled for snap
+	pub        atomic.Pointer[published] // read without the lock by streams
 	// Destination watchers by target, and inbound watchers, which every
 	// snapshot wakes (each compares its own version).
 	destWatchers    map[compile.Target]map[*mailbox]struct{}
@@ -128,7 +125,7 @@ func (s *Server) Update(snap *model.Snapshot) {
 		return
 	}
 	s.latest, s.latestAt = snap, time.Now()
-	first := s.snap == nil
+	first := s.pub.Load() == nil
 	start := !first && !s.publishing
 	if start {
 		s.publishing = true
@@ -149,7 +146,7 @@ func (s *Server) publish() {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.latest != s.snap { // arrived after the last check
+	if s.latest != s.pub.Load().snap { // arrived after the last check
 		go s.publish()
 		return
 	}
@@ -161,7 +158,8 @@ func (s *Server) publish() {
 func (s *Server) publishOnce() bool {
 	s.mu.Lock()
 	snap, at := s.latest, s.latestAt
-	if snap == s.snap {
+	old := s.pub.Load()
+	if old != nil && snap == old.snap {
 		s.mu.Unlock()
 		return false
 	}
@@ -172,18 +170,17 @@ func (s *Server) publishOnce() bool {
 	s.mu.Unlock()
 
 	// Compiling needs no lock: the snapshot is immutable.
-	dests := make(map[compile.Target]*proxyv1.DestinationConfig, len(targets))
+	p := &published{snap: snap, readyAt: at, dests: make(map[compile.Target]*encoded, len(targets))}
 	for _, t := range targets {
-		dests[t] = compile.Destination(snap, t)
+		p.dests[t] = encode(compile.Destination(snap, t))
 	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old := s.dests
-	s.snap, s.readyAt, s.dests = snap, at, dests
+	s.pub.Store(p)
 	for t, ms := range s.destWatchers {
-		dc, compiled := dests[t]
-		prev, had := old[t]
+		dc, compiled := p.dests[t]
+		prev, had := old.destination(t)
 		if compiled && had && prev.GetVersion() == dc.GetVersion() {
 			continue // unchanged for its watchers
 		}
@@ -321,7 +318,7 @@ func (s *Server) Watch(req *proxyv1.DestinationRequest, stream grpc.ServerStream
 	return s.stream(ctx, m, func() (versioned, time.Time, error) {
 		dc, at := s.destination(t)
 		return dc, at, nil
-	}, func(v versioned) error { return stream.Send(v.(*proxyv1.DestinationConfig)) })
+	}, func(v versioned) error { return stream.SendMsg(v) })
 }
 
 // inboundServer adapts Inbound.Watch, whose method name collides with
@@ -366,9 +363,8 @@ func (s *Server) watchInbound(req *proxyv1.InboundRequest, stream grpc.ServerStr
 		s.mu.Unlock()
 	}()
 	return s.stream(ctx, m, func() (versioned, time.Time, error) {
-		s.mu.Lock()
-		snap, at := s.snap, s.readyAt
-		s.mu.Unlock()
+		p := s.pub.Load()
+		snap, at := p.snap, p.readyAt
 		ic, err := compile.Inbound(snap, id)
 		if err != nil {
 			return nil, at, status.Error(codes.NotFound, err.Error())
@@ -409,17 +405,39 @@ func (s *Server) stream(ctx context.Context, m *mailbox, current func() (version
 	}
 }
 
-// destination returns t's config for the current snapshot, compiling it on
-// first use, and when that snapshot was installed.
-func (s *Server) destination(t compile.Target) (*proxyv1.DestinationConfig, time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if dc, ok := s.dests[t]; ok {
-		return dc, s.readyAt
+// destination returns t's config for the published snapshot, compiling it on
+// first use, and when that snapshot was given to Update.
+func (s *Server) destination(t compile.Target) (*encoded, time.Time) {
+	p := s.pub.Load()
+	if e, ok := p.destination(t); ok {
+		return e, p.readyAt
 	}
-	dc := compile.Destination(s.snap, t)
-	s.dests[t] = dc
-	return dc, s.readyAt
+	v, _ := p.lazy.LoadOrStore(t, encode(compile.Destination(p.snap, t)))
+	return v.(*encoded), p.readyAt
+}
+
+// published is a snapshot as served, with the destinations compiled for it.
+type published struct {
+	snap    *model.Snapshot
+	readyAt time.Time // when snap was given to Update
+	// dests were compiled at publication and are read-only; lazy holds
+	// targets first watched later (compile.Target → *encoded).
+	dests map[compile.Target]*encoded
+	lazy  sync.Map
+}
+
+// destination returns t's config if it has been compiled; p may be nil.
+func (p *published) destination(t compile.Target) (*encoded, bool) {
+	if p == nil {
+		return nil, false
+	}
+	if e, ok := p.dests[t]; ok {
+		return e, true
+	}
+	if v, ok := p.lazy.Load(t); ok {
+		return v.(*encoded), true
+	}
+	return nil, false
 }
 
 func (s *Server) wait(ctx context.Context) error {

@@ -181,7 +181,7 @@ func newEnv(t *testing.T, opts envOptions) *env {
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    roots,
 	}
-	g := grpc.NewServer(append(sopts, grpc.Creds(credentials.NewTLS(tlsConf)))...)
+	g := grpc.NewServer(append(sopts, grpc.Creds(credentials.NewTLS(tlsConf)), serve.Codec(), grpc.StatsHandler(e.srv.StatsHandler()))...)
 	e.srv.Register(g)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -850,6 +850,9 @@ func TestCompiledOnceShared(t *testing.T) {
 	}
 	if n := e.srv.Stats().Pushes; n != int64(len(watchers)) {
 		t.Errorf("Stats().Pushes = %d, want %d", n, len(watchers))
+	}
+	if n := e.srv.Stats().Connections; n != int64(len(watchers)) {
+		t.Errorf("Stats().Connections = %d, want %d (one per watcher)", n, len(watchers))
 	}
 }
 
