@@ -99,6 +99,11 @@ type ChangeResult struct {
 	// number that got the new config.
 	Affected int `json:"affected"`
 	Received int `json:"received"`
+	// ApplyMillis is how long the admin API call(s) making the change took
+	// (validation, persisting the store, rebuilding the snapshot).
+	ApplyMillis float64 `json:"applyMillis"`
+	// FirstMillis is the time to the first affected proxy's arrival.
+	FirstMillis float64 `json:"firstMillis"`
 	// Time from just before the admin API call(s) making the change to the
 	// new config's arrival, at the 50th, 90th, 99th and 100th percentile of
 	// the affected proxies, in milliseconds.

@@ -77,7 +77,11 @@ func newFleet(ctx context.Context, cp *controlPlane, tokens []string, o Options)
 	f := &fleet{o: o, byService: make([][]int32, o.Services), firstDone: make(chan struct{})}
 	for c := range o.Connections {
 		tc := credentials.NewTLS(spiffe.ClientTLS(creds[c%len(creds)], controlPlaneID.String()))
-		conn, err := grpc.NewClient(cp.info.GRPC, grpc.WithTransportCredentials(tc))
+		// A fixed flow-control window, as a sidecar's net/http2 client has:
+		// grpc-go's dynamic window would add a BDP ping, and the server's
+		// acknowledgement, to every config received.
+		conn, err := grpc.NewClient(cp.info.GRPC, grpc.WithTransportCredentials(tc),
+			grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20))
 		if err != nil {
 			f.close()
 			return nil, err
@@ -269,6 +273,7 @@ func (f *fleet) measure(ctx context.Context, cp *controlPlane, ch change, timeou
 	if err := ch.apply(ctx, cp.client); err != nil {
 		return cr, fmt.Errorf("%s on %s: %w", ch.kind, cr.Service, err)
 	}
+	cr.ApplyMillis = millis(time.Since(tr.start))
 	var waitErr error
 	select {
 	case <-tr.done:
@@ -290,6 +295,9 @@ func (f *fleet) measure(ctx context.Context, cp *controlPlane, ch change, timeou
 	}
 	slices.Sort(times)
 	cr.Received = len(times)
+	if len(times) > 0 {
+		cr.FirstMillis = millis(times[0])
+	}
 	cr.P50Millis = millis(percentile(times, 50))
 	cr.P90Millis = millis(percentile(times, 90))
 	cr.P99Millis = millis(percentile(times, 99))
