@@ -102,24 +102,56 @@ func (cp *controlPlane) stop() {
 	os.RemoveAll(cp.dir)
 }
 
+// pushState is the control plane's push counter and push latency histogram.
+type pushState struct {
+	pushes float64
+	// bounds and cumulative counts of the latency histogram, in seconds.
+	bounds []float64
+	cum    []uint64
+}
+
+// serverP99 returns the upper bound, in milliseconds, of the latency bucket
+// holding the 99th percentile of the pushes between a and b, or -1 without any.
+func serverP99(a, b pushState) float64 {
+	if len(a.cum) != len(b.cum) || len(b.cum) == 0 {
+		return -1
+	}
+	total := b.cum[len(b.cum)-1] - a.cum[len(a.cum)-1]
+	if total == 0 {
+		return -1
+	}
+	for i := range b.cum {
+		if float64(b.cum[i]-a.cum[i]) >= 0.99*float64(total) {
+			return b.bounds[i] * 1000
+		}
+	}
+	return -1
+}
+
 // metrics scrapes the control plane's /metrics.
 func (cp *controlPlane) metrics(ctx context.Context) (ServerMetrics, error) {
+	m, _, err := cp.scrape(ctx)
+	return m, err
+}
+
+// scrape reads the control plane's /metrics.
+func (cp *controlPlane) scrape(ctx context.Context) (ServerMetrics, pushState, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+cp.info.Admin+"/metrics", nil)
 	if err != nil {
-		return ServerMetrics{}, err
+		return ServerMetrics{}, pushState{}, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return ServerMetrics{}, err
+		return ServerMetrics{}, pushState{}, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return ServerMetrics{}, fmt.Errorf("GET /metrics: %s", resp.Status)
+		return ServerMetrics{}, pushState{}, fmt.Errorf("GET /metrics: %s", resp.Status)
 	}
 	p := expfmt.NewTextParser(pmodel.UTF8Validation)
 	fams, err := p.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return ServerMetrics{}, err
+		return ServerMetrics{}, pushState{}, err
 	}
 	value := func(name string) float64 {
 		f := fams[name]
@@ -138,6 +170,17 @@ func (cp *controlPlane) metrics(ctx context.Context) (ServerMetrics, error) {
 		}
 		return 0
 	}
+	var ps pushState
+	if f := fams["trellis_controlplane_push_latency_seconds"]; f != nil && len(f.GetMetric()) > 0 {
+		for _, b := range f.GetMetric()[0].GetHistogram().GetBucket() {
+			ps.bounds = append(ps.bounds, b.GetUpperBound())
+			ps.cum = append(ps.cum, b.GetCumulativeCount())
+		}
+	}
+	ps.pushes = value("trellis_controlplane_pushes_total")
+	if ps.pushes < 0 || ps.cum == nil {
+		return ServerMetrics{}, pushState{}, errors.New("/metrics lacks trellis_controlplane_pushes_total or trellis_controlplane_push_latency_seconds")
+	}
 	return ServerMetrics{
 		ConnectedProxies:   value("trellis_controlplane_connected_proxies"),
 		Streams:            value("trellis_controlplane_streams"),
@@ -145,19 +188,7 @@ func (cp *controlPlane) metrics(ctx context.Context) (ServerMetrics, error) {
 		CertificatesIssued: value("trellis_controlplane_certificates_issued_total"),
 		PushLatencyCount:   count("trellis_controlplane_push_latency_seconds"),
 		SnapshotBuilds:     count("trellis_controlplane_snapshot_build_seconds"),
-	}, nil
-}
-
-// pushes returns the control plane's push counter.
-func (cp *controlPlane) pushes(ctx context.Context) (int64, error) {
-	m, err := cp.metrics(ctx)
-	if err != nil {
-		return 0, err
-	}
-	if m.Pushes < 0 {
-		return 0, errors.New("/metrics has no trellis_controlplane_pushes_total")
-	}
-	return int64(m.Pushes), nil
+	}, ps, nil
 }
 
 // readMemory reads VmRSS and VmHWM from /proc/PID/status.

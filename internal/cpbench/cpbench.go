@@ -117,6 +117,11 @@ type ChangeResult struct {
 	// ServerPushes is the growth of the control plane's push counter over the
 	// change (want Affected).
 	ServerPushes int64 `json:"serverPushes"`
+	// ServerP99Millis is the upper bound of the control plane's push latency
+	// bucket (trellis_controlplane_push_latency_seconds) that holds the 99th
+	// percentile of its pushes during the change: the server's share, from
+	// snapshot to send, without the admin call or the proxies' receipt.
+	ServerP99Millis float64 `json:"serverP99Millis"`
 }
 
 // Memory is the control plane process's memory, from /proc.

@@ -75,6 +75,9 @@ func TestSmoke(t *testing.T) {
 		if c.ServerPushes != int64(c.Affected) {
 			t.Errorf("change %d (%s on %s): the control plane pushed %d configs, want one per affected proxy (%d)", i+1, c.Kind, c.Service, c.ServerPushes, c.Affected)
 		}
+		if c.ServerP99Millis <= 0 {
+			t.Errorf("change %d (%s on %s): server push latency p99 bucket %v, want one from /metrics", i+1, c.Kind, c.Service, c.ServerP99Millis)
+		}
 		if c.OtherMessages != 0 {
 			t.Errorf("change %d (%s on %s): %d messages reached watches of other services, want none", i+1, c.Kind, c.Service, c.OtherMessages)
 		}

@@ -258,7 +258,7 @@ func (f *fleet) recv(w *watch, st grpc.ServerStreamingClient[proxyv1.Destination
 func (f *fleet) measure(ctx context.Context, cp *controlPlane, ch change, timeout time.Duration) (ChangeResult, error) {
 	affected := f.byService[ch.service]
 	cr := ChangeResult{Kind: ch.kind, Service: serviceName(ch.service) + "." + serviceNS, Affected: len(affected)}
-	before, err := cp.pushes(ctx)
+	_, before, err := cp.scrape(ctx)
 	if err != nil {
 		return cr, err
 	}
@@ -303,11 +303,12 @@ func (f *fleet) measure(ctx context.Context, cp *controlPlane, ch change, timeou
 	cr.P99Millis = millis(percentile(times, 99))
 	cr.P100Millis = millis(percentile(times, 100))
 	cr.OtherMessages = tr.other.Load()
-	after, err := cp.pushes(ctx)
+	_, after, err := cp.scrape(ctx)
 	if err != nil {
 		return cr, err
 	}
-	cr.ServerPushes = after - before
+	cr.ServerPushes = int64(after.pushes - before.pushes)
+	cr.ServerP99Millis = serverP99(before, after)
 	return cr, waitErr
 }
 

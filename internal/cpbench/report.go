@@ -27,14 +27,15 @@ func WriteTable(w io.Writer, r *Result) error {
 	fmt.Fprintf(&b, "registration of the services      %8.0f ms\n", r.SetupMillis)
 	fmt.Fprintf(&b, "all proxies connected, 1st config %8.0f ms\n\n", r.ConnectMillis)
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "change\tservice\taffected\treceived\tapply ms\tfirst ms\tp50 ms\tp90 ms\tp99 ms\tmax ms\tserver pushes\tother msgs\t")
+	fmt.Fprintln(tw, "change\tservice\taffected\treceived\tapply ms\tfirst ms\tp50 ms\tp90 ms\tp99 ms\tmax ms\tserver pushes\tserver p99 ≤ ms\tother msgs\t")
 	for _, c := range r.Changes {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%d\t\n", c.Kind, c.Service, c.Affected, c.Received,
-			c.ApplyMillis, c.FirstMillis, c.P50Millis, c.P90Millis, c.P99Millis, c.P100Millis, c.ServerPushes, c.OtherMessages)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%g\t%d\t\n", c.Kind, c.Service, c.Affected, c.Received,
+			c.ApplyMillis, c.FirstMillis, c.P50Millis, c.P90Millis, c.P99Millis, c.P100Millis, c.ServerPushes, c.ServerP99Millis, c.OtherMessages)
 	}
 
 	tw.Flush()
-	b.WriteString("apply: the admin API call(s) making the change; first … max: from just before them to the proxies' receipt\n")
+	b.WriteString("apply: the admin API call(s) making the change; first … max: from just before them to the proxies' receipt;\n" +
+		"server p99: bucket of the control plane's push latency histogram (snapshot to send) holding its 99th percentile\n")
 	fmt.Fprintf(&b, "\ncontrol plane (pid %d): RSS %s after the changes, peak %s\n", r.ControlPlane.PID, mib(r.ControlPlane.RSSBytes), mib(r.ControlPlane.PeakRSSBytes))
 	fmt.Fprintf(&b, "this tool (the simulated proxies): RSS %s\n", mib(r.ToolRSSBytes))
 	s := r.Server
