@@ -24,6 +24,7 @@ func newBenchCmd() *cobra.Command {
 
 type benchControlPlaneOptions struct {
 	opts   cpbench.Options
+	settle time.Duration
 	output string
 }
 
@@ -51,6 +52,10 @@ It exits non-zero if a change does not reach every affected proxy within --timeo
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.opts.Progress = cmd.ErrOrStderr()
+			o.opts.Settle = o.settle
+			if o.settle == 0 {
+				o.opts.Settle = -1 // none
+			}
 			res, err := cpbench.Run(cmd.Context(), o.opts)
 			if res == nil {
 				return err
@@ -74,6 +79,7 @@ It exits non-zero if a change does not reach every affected proxy within --timeo
 	f.IntVar(&o.opts.Connections, "connections", 0, "gRPC connections the proxies share; 0: one per proxy")
 	f.IntVar(&o.opts.Identities, "identities", 8, "client identities whose certificates the connections share")
 	f.DurationVar(&o.opts.Timeout, "timeout", 60*time.Second, "longest wait for the first configs and for each change")
+	f.DurationVar(&o.settle, "settle", 5*time.Second, "pause before each change, so that it meets a control plane at rest; 0 for none")
 	f.StringVarP(&o.output, "output", "o", "", "json or yaml; default a table")
 	return cmd
 }

@@ -61,6 +61,11 @@ type Options struct {
 	// Timeout bounds the wait for the first configs and for each change;
 	// default 60s.
 	Timeout time.Duration
+	// Settle is the pause between the last first config and the first
+	// change, and between changes, so that each change meets a control
+	// plane at rest (the garbage of 10,000 connections collected), as in a
+	// running mesh; default 0 means 5s, negative means none.
+	Settle time.Duration
 	// Progress receives a line per phase; default discard.
 	Progress io.Writer
 }
@@ -162,6 +167,12 @@ func (o *Options) defaults() error {
 	if o.Timeout == 0 {
 		o.Timeout = 60 * time.Second
 	}
+	switch {
+	case o.Settle == 0:
+		o.Settle = 5 * time.Second
+	case o.Settle < 0:
+		o.Settle = 0
+	}
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
@@ -247,6 +258,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	var failed error
 	splitFlips := map[int]int{}
 	for i := range o.Changes {
+		select {
+		case <-time.After(o.Settle):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 		target := 0
 		if (i/2)%2 == 1 {
 			target = 1
@@ -293,6 +309,7 @@ func notes(o Options) []string {
 		"services: local-mode registrations with no sidecars behind them; the control plane runs with --grace 24h so that registered, ready workloads count as endpoints",
 		fmt.Sprintf("proxies: simulated in this process with grpc-go over mutual TLS; they share the certificates of %d registered client workloads (a destination's config does not depend on the caller)", o.Identities),
 		"time of a change: from just before the admin API call(s) that make it until the proxy's stream returns the new config; it includes validation, persisting the store (fsync) and rebuilding the snapshot",
+		fmt.Sprintf("changes are %s apart, the first %s after the last proxy got its first configs", o.Settle, o.Settle),
 		"the machine's cores are shared by the control plane, the simulated proxies and anything else running",
 	}
 	if o.Connections < o.Proxies {

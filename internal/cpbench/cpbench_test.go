@@ -43,7 +43,7 @@ func smokeOptions(t *testing.T) cpbench.Options {
 	return cpbench.Options{
 		Proxies: 50, Services: 10, Changes: 4,
 		Trellis: self, Env: []string{childEnv + "=1"},
-		Timeout: 20 * time.Second, Progress: &progress,
+		Timeout: 20 * time.Second, Settle: 100 * time.Millisecond, Progress: &progress,
 	}
 }
 
