@@ -47,8 +47,9 @@ func startControlPlane(ctx context.Context, bin string, env []string) (*controlP
 	cp.cmd.Env = append(os.Environ(), env...)
 	cp.cmd.Stdout = cp.stderr
 	cp.cmd.Stderr = cp.stderr
-	// If this process dies, so does the child.
-	cp.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// Its own process group, so that Ctrl-C reaches the tool, which stops it;
+	// and if the tool dies, so does the child.
+	cp.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cp.cmd.Start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("starting %s control-plane: %w", bin, err)
