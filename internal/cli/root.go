@@ -93,6 +93,7 @@ It accepts the SMI and Open Service Mesh YAML users already have.`,
 		newProxyCmd(g),
 		newPolicyCmd(g),
 		newCheckCmd(g),
+		newBenchCmd(),
 		newDemoAppCmd(),
 		newVersionCmd(),
 	)

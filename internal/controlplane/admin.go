@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/trellis-mesh/trellis/internal/compile"
+	"github.com/trellis-mesh/trellis/internal/metrics"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/serve"
 	"github.com/trellis-mesh/trellis/internal/source/local"
@@ -50,14 +51,18 @@ type Status struct {
 }
 
 type adminAPI struct {
-	store *local.Store
-	srv   *serve.Server
-	token string
-	log   *slog.Logger
+	store  *local.Store
+	srv    *serve.Server
+	builds *metrics.Histogram // snapshot build times
+	token  string
+	log    *slog.Logger
 }
 
-func newAdmin(store *local.Store, srv *serve.Server, token string, log *slog.Logger) http.Handler {
-	a := &adminAPI{store: store, srv: srv, token: token, log: log}
+// newAdmin serves the admin API, every path behind the admin token except
+// GET /metrics, which holds only counts and timings and is scraped as
+// Prometheus scrapes any target.
+func newAdmin(store *local.Store, srv *serve.Server, builds *metrics.Histogram, token string, log *slog.Logger) http.Handler {
+	a := &adminAPI{store: store, srv: srv, builds: builds, token: token, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/apply", a.apply)
 	mux.HandleFunc("POST /v1/delete", a.delete)
@@ -69,7 +74,24 @@ func newAdmin(store *local.Store, srv *serve.Server, token string, log *slog.Log
 	mux.HandleFunc("GET /v1/status", a.status)
 	mux.HandleFunc("POST /v1/policy/check", a.policyCheck)
 	mux.HandleFunc("GET /v1/versions", a.versions)
-	return a.auth(mux)
+	top := http.NewServeMux()
+	top.HandleFunc("GET /metrics", a.metrics)
+	top.Handle("/", a.auth(mux))
+	return top
+}
+
+// metrics writes the control plane's own series in the Prometheus text format.
+func (a *adminAPI) metrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	mw := metrics.NewWriter(w)
+	a.srv.WriteMetrics(mw)
+	mw.Histogram("trellis_controlplane_snapshot_build_seconds", "Time to translate the stored resources and build a model snapshot.", a.builds)
+	snap := a.store.Snapshot()
+	mw.Gauge("trellis_controlplane_workloads", "Registered workloads in the snapshot being served.", float64(len(snap.Workloads())))
+	mw.Gauge("trellis_controlplane_services", "Services in the snapshot being served.", float64(len(snap.Services())))
+	if err := mw.Err(); err != nil {
+		a.log.Debug("metrics scrape ended early", "error", err)
+	}
 }
 
 func (a *adminAPI) auth(next http.Handler) http.Handler {

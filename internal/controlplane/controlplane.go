@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/metrics"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/serve"
 	"github.com/trellis-mesh/trellis/internal/source/local"
@@ -81,7 +82,8 @@ func Run(ctx context.Context, o Options) error {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	log := o.Logger
-	store, err := local.Open(local.Options{Dir: o.StateDir, Grace: o.Grace})
+	builds := metrics.NewHistogram(nil)
+	store, err := local.Open(local.Options{Dir: o.StateDir, Grace: o.Grace, ObserveBuild: builds.Observe})
 	if err != nil {
 		return err
 	}
@@ -114,7 +116,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := local.WriteFileAtomic(filepath.Join(o.StateDir, InfoFile), b, 0o644); err != nil {
 		return err
 	}
-	admin := &http.Server{Handler: newAdmin(store, srv, adminToken, log), ReadHeaderTimeout: 10 * time.Second}
+	admin := &http.Server{Handler: newAdmin(store, srv, builds, adminToken, log), ReadHeaderTimeout: 10 * time.Second}
 	go g.Serve(gl)
 	go admin.Serve(al)
 	log.Info("control plane serving", "grpc", info.GRPC, "admin", info.Admin, "state", o.StateDir, "snapshot", store.Snapshot().Hash())
@@ -174,6 +176,13 @@ func listenGRPC(addr string, ca *identity.CA, srv *serve.Server, trustDomain str
 	}
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConf)),
+		grpc.StatsHandler(srv.StatsHandler()),
+		serve.Codec(), // destination configs marshalled once, sent as they are
+		// Memory per connection, which 10,000 sidecars multiply: the write
+		// buffer goes back to a pool after each flush, and frames are read
+		// straight from the TLS connection, which buffers a record already.
+		grpc.SharedWriteBuffer(true),
+		grpc.ReadBufferSize(0),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)

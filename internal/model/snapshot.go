@@ -28,6 +28,7 @@ type Snapshot struct {
 	mesh        MeshSettings
 	services    map[Key]*Service
 	workloads   []*Workload
+	members     map[Key][]*Workload   // workloads by service, in workloads' order
 	splits      map[Key]*TrafficSplit // by root service
 	targets     map[Identity][]*TrafficTarget
 	routeGroups map[Key]*HTTPRouteGroup
@@ -81,6 +82,16 @@ func Build(in Inputs) *Snapshot {
 		s.workloads = append(s.workloads, &w)
 	}
 	sort.Slice(s.workloads, func(a, b int) bool { return s.workloads[a].ID < s.workloads[b].ID })
+	s.members = map[Key][]*Workload{}
+	for _, w := range s.workloads {
+		for i, m := range w.Services {
+			if i > 0 && w.Services[i-1].Service == m.Service {
+				continue // one service on several ports: listed once
+			}
+			k := Key{w.Identity.Namespace, m.Service}
+			s.members[k] = append(s.members[k], w)
+		}
+	}
 
 	for i := range in.RouteGroups {
 		g := in.RouteGroups[i]
@@ -261,8 +272,8 @@ func (s *Snapshot) Workload(id string) (*Workload, bool) {
 // Endpoints returns the ready workloads backing service k on service port p.
 func (s *Snapshot) Endpoints(k Key, port int) []*Workload {
 	var out []*Workload
-	for _, w := range s.workloads {
-		if !w.Ready || w.Identity.Namespace != k.Namespace {
+	for _, w := range s.members[k] {
+		if !w.Ready {
 			continue
 		}
 		for _, m := range w.Services {

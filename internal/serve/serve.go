@@ -1,9 +1,10 @@
 // Package serve is the control plane's gRPC server for sidecars: it certifies
 // them (Identity), streams destination configs on demand (Destinations) and their
-// inbound policy (Inbound). It compiles each destination once per snapshot and
-// fans the same message out to every watcher; a stream keeps only the latest value,
-// so a slow sidecar never blocks the server or anyone else. It serves nothing until
-// the first snapshot has been set (the sources are synced).
+// inbound policy (Inbound). On each snapshot it compiles every watched destination
+// once, wakes only the streams whose destination's version changed, and fans the
+// same message out to them; a stream keeps only the latest value, so a slow
+// sidecar never blocks the server or anyone else. It serves nothing until the
+// first snapshot has been set (the sources are synced).
 package serve
 
 import (
@@ -17,12 +18,14 @@ import (
 	proxyv1 "github.com/trellis-mesh/trellis/api/proxy/v1"
 	"github.com/trellis-mesh/trellis/api/proxy/v1/proxyv1grpc"
 	"github.com/trellis-mesh/trellis/internal/compile"
+	"github.com/trellis-mesh/trellis/internal/metrics"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/spiffe"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -67,14 +70,23 @@ type Server struct {
 	synced chan struct{}
 	once   sync.Once
 
-	mu       sync.Mutex
-	snap     *model.Snapshot
-	dests    map[compile.Target]*proxyv1.DestinationConfig // compiled for snap
-	watchers map[*mailbox]struct{}
+	mu sync.Mutex
+	// latest is the last snapshot given to Update, at latestAt; pub holds the
+	// one published to streams. A publisher goroutine runs while they differ.
+	latest     *model.Snapshot
+	latestAt   time.Time
+	publishing bool
+	pub        atomic.Pointer[published] // read without the lock by streams
+	// Destination watchers by target, and inbound watchers, which every
+	// snapshot wakes (each compares its own version).
+	destWatchers    map[compile.Target]map[*mailbox]struct{}
+	inboundWatchers map[*mailbox]struct{}
 
-	streams atomic.Int64
-	pushes  atomic.Int64
-	issued  atomic.Int64
+	streams     atomic.Int64
+	conns       atomic.Int64
+	pushes      atomic.Int64
+	issued      atomic.Int64
+	pushLatency *metrics.Histogram
 }
 
 // New returns a server that serves once Update has been called.
@@ -85,7 +97,12 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, synced: make(chan struct{}), watchers: map[*mailbox]struct{}{}}
+	return &Server{
+		cfg: cfg, synced: make(chan struct{}),
+		destWatchers:    map[compile.Target]map[*mailbox]struct{}{},
+		inboundWatchers: map[*mailbox]struct{}{},
+		pushLatency:     metrics.NewHistogram(nil),
+	}
 }
 
 // Register adds the services to g.
@@ -95,40 +112,143 @@ func (s *Server) Register(g *grpc.Server) {
 	proxyv1grpc.RegisterInboundServer(g, inboundServer{s: s})
 }
 
-// Update installs a new snapshot and wakes every stream. A snapshot with the same
-// hash as the current one changes nothing.
+// Update installs a new snapshot and returns at once; a snapshot with the same
+// hash as the latest one changes nothing. Publishing happens on a goroutine of
+// its own that lives while there is something to publish: it compiles every
+// watched destination once for the latest snapshot, then wakes the streams of
+// the destinations whose version changed and every inbound stream. Snapshots
+// that arrive while it compiles are coalesced: only the latest is published.
 func (s *Server) Update(snap *model.Snapshot) {
 	s.mu.Lock()
-	if s.snap != nil && s.snap.Hash() == snap.Hash() {
+	if s.latest != nil && s.latest.Hash() == snap.Hash() {
 		s.mu.Unlock()
 		return
 	}
-	s.snap = snap
-	s.dests = map[compile.Target]*proxyv1.DestinationConfig{}
-	for m := range s.watchers {
-		m.poke()
+	s.latest, s.latestAt = snap, time.Now()
+	first := s.pub.Load() == nil
+	start := !first && !s.publishing
+	if start {
+		s.publishing = true
 	}
 	s.mu.Unlock()
-	s.once.Do(func() { close(s.synced) })
+	switch {
+	case first: // nobody watches yet: publish now, so that serving starts synced
+		s.publishOnce()
+		s.once.Do(func() { close(s.synced) })
+	case start:
+		go s.publish()
+	}
 }
 
-// Snapshot returns the snapshot being served, or nil before the first Update.
+// publish publishes the latest snapshot until no newer one is waiting.
+func (s *Server) publish() {
+	for s.publishOnce() {
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.latest != s.pub.Load().snap { // arrived after the last check
+		go s.publish()
+		return
+	}
+	s.publishing = false
+}
+
+// publishOnce publishes the latest snapshot if it is not yet, and reports
+// whether it did.
+func (s *Server) publishOnce() bool {
+	s.mu.Lock()
+	snap, at := s.latest, s.latestAt
+	old := s.pub.Load()
+	if old != nil && snap == old.snap {
+		s.mu.Unlock()
+		return false
+	}
+	targets := make([]compile.Target, 0, len(s.destWatchers))
+	for t := range s.destWatchers {
+		targets = append(targets, t)
+	}
+	s.mu.Unlock()
+
+	// Compiling needs no lock: the snapshot is immutable.
+	p := &published{snap: snap, readyAt: at, dests: make(map[compile.Target]*encoded, len(targets))}
+	for _, t := range targets {
+		p.dests[t] = encode(compile.Destination(snap, t))
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pub.Store(p)
+	for t, ms := range s.destWatchers {
+		dc, compiled := p.dests[t]
+		prev, had := old.destination(t)
+		if compiled && had && prev.GetVersion() == dc.GetVersion() {
+			continue // unchanged for its watchers
+		}
+		// Changed, or first watched while compiling: its streams compare
+		// versions themselves.
+		for m := range ms {
+			m.poke()
+		}
+	}
+	for m := range s.inboundWatchers {
+		m.poke()
+	}
+	return true
+}
+
+// Snapshot returns the latest snapshot given to Update (being served, or about
+// to be), or nil before the first Update.
 func (s *Server) Snapshot() *model.Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.snap
+	return s.latest
 }
 
 // Stats are the server's own counters.
 type Stats struct {
-	Streams            int64 `json:"streams"`
+	// Streams is the number of open watch streams, destinations and inbound.
+	Streams int64 `json:"streams"`
+	// Connections is the number of open gRPC connections (sidecars), counted
+	// by StatsHandler when the gRPC server uses it.
+	Connections        int64 `json:"connections"`
 	Pushes             int64 `json:"pushes"`
 	CertificatesIssued int64 `json:"certificatesIssued"`
 }
 
 // Stats returns the server's counters.
 func (s *Server) Stats() Stats {
-	return Stats{Streams: s.streams.Load(), Pushes: s.pushes.Load(), CertificatesIssued: s.issued.Load()}
+	return Stats{Streams: s.streams.Load(), Connections: s.conns.Load(), Pushes: s.pushes.Load(), CertificatesIssued: s.issued.Load()}
+}
+
+// WriteMetrics writes the server's series in the Prometheus text format.
+func (s *Server) WriteMetrics(w *metrics.Writer) {
+	w.Gauge("trellis_controlplane_connected_proxies", "Open gRPC connections from sidecars.", float64(s.conns.Load()))
+	w.Gauge("trellis_controlplane_streams", "Open watch streams (destinations and inbound).", float64(s.streams.Load()))
+	w.Counter("trellis_controlplane_pushes_total", "Configs sent on watch streams, first configs included.", uint64(s.pushes.Load()))
+	w.Histogram("trellis_controlplane_push_latency_seconds",
+		"Time from a snapshot being installed to a config it changed being sent on a stream (queued to the connection); first configs of new streams are not observed.",
+		s.pushLatency)
+	w.Counter("trellis_controlplane_certificates_issued_total", "Workload certificates issued by Identity.Certify.", uint64(s.issued.Load()))
+}
+
+// StatsHandler returns a gRPC stats handler that counts open connections; pass
+// it to grpc.NewServer with grpc.StatsHandler.
+func (s *Server) StatsHandler() stats.Handler { return connCounter{s} }
+
+type connCounter struct{ s *Server }
+
+func (c connCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (c connCounter) HandleRPC(context.Context, stats.RPCStats)                       {}
+func (c connCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+func (c connCounter) HandleConn(_ context.Context, st stats.ConnStats) {
+	switch st.(type) {
+	case *stats.ConnBegin:
+		c.s.conns.Add(1)
+	case *stats.ConnEnd:
+		c.s.conns.Add(-1)
+	}
 }
 
 // Certify implements Identity.Certify.
@@ -175,9 +295,30 @@ func (s *Server) Watch(req *proxyv1.DestinationRequest, stream grpc.ServerStream
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	return s.stream(ctx, func() (versioned, error) {
-		return s.destination(t), nil
-	}, func(v versioned) error { return stream.Send(v.(*proxyv1.DestinationConfig)) })
+	if err := s.wait(ctx); err != nil {
+		return err
+	}
+	m := &mailbox{c: make(chan struct{}, 1)}
+	s.mu.Lock()
+	ms := s.destWatchers[t]
+	if ms == nil {
+		ms = map[*mailbox]struct{}{}
+		s.destWatchers[t] = ms
+	}
+	ms[m] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(ms, m)
+		if len(ms) == 0 {
+			delete(s.destWatchers, t)
+		}
+		s.mu.Unlock()
+	}()
+	return s.stream(ctx, m, func() (versioned, time.Time, error) {
+		dc, at := s.destination(t)
+		return dc, at, nil
+	}, func(v versioned) error { return stream.SendMsg(v) })
 }
 
 // inboundServer adapts Inbound.Watch, whose method name collides with
@@ -212,36 +353,37 @@ func (s *Server) watchInbound(req *proxyv1.InboundRequest, stream grpc.ServerStr
 		o.Connected(id)
 		defer o.Disconnected(id)
 	}
-	return s.stream(ctx, func() (versioned, error) {
-		ic, err := compile.Inbound(s.Snapshot(), id)
+	m := &mailbox{c: make(chan struct{}, 1)}
+	s.mu.Lock()
+	s.inboundWatchers[m] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.inboundWatchers, m)
+		s.mu.Unlock()
+	}()
+	return s.stream(ctx, m, func() (versioned, time.Time, error) {
+		p := s.pub.Load()
+		snap, at := p.snap, p.readyAt
+		ic, err := compile.Inbound(snap, id)
 		if err != nil {
-			return nil, status.Error(codes.NotFound, err.Error())
+			return nil, at, status.Error(codes.NotFound, err.Error())
 		}
-		return ic, nil
+		return ic, at, nil
 	}, func(v versioned) error { return stream.Send(v.(*proxyv1.InboundConfig)) })
 }
 
 type versioned interface{ GetVersion() string }
 
-// stream sends current() now and again whenever it changes, until ctx ends.
-func (s *Server) stream(ctx context.Context, current func() (versioned, error), send func(versioned) error) error {
-	if err := s.wait(ctx); err != nil {
-		return err
-	}
-	m := &mailbox{c: make(chan struct{}, 1)}
-	s.mu.Lock()
-	s.watchers[m] = struct{}{}
-	s.mu.Unlock()
+// stream sends current() now and again whenever m is poked and the version
+// changed, until ctx ends. current also returns when the snapshot it was
+// compiled from was installed, for the push latency.
+func (s *Server) stream(ctx context.Context, m *mailbox, current func() (versioned, time.Time, error), send func(versioned) error) error {
 	s.streams.Add(1)
-	defer func() {
-		s.mu.Lock()
-		delete(s.watchers, m)
-		s.mu.Unlock()
-		s.streams.Add(-1)
-	}()
+	defer s.streams.Add(-1)
 	last := ""
-	for {
-		v, err := current()
+	for first := true; ; first = false {
+		v, at, err := current()
 		if err != nil {
 			return err
 		}
@@ -250,6 +392,9 @@ func (s *Server) stream(ctx context.Context, current func() (versioned, error), 
 				return err
 			}
 			s.pushes.Add(1)
+			if !first {
+				s.pushLatency.Observe(time.Since(at))
+			}
 			last = v.GetVersion()
 		}
 		select {
@@ -260,15 +405,39 @@ func (s *Server) stream(ctx context.Context, current func() (versioned, error), 
 	}
 }
 
-func (s *Server) destination(t compile.Target) *proxyv1.DestinationConfig {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if dc, ok := s.dests[t]; ok {
-		return dc
+// destination returns t's config for the published snapshot, compiling it on
+// first use, and when that snapshot was given to Update.
+func (s *Server) destination(t compile.Target) (*encoded, time.Time) {
+	p := s.pub.Load()
+	if e, ok := p.destination(t); ok {
+		return e, p.readyAt
 	}
-	dc := compile.Destination(s.snap, t)
-	s.dests[t] = dc
-	return dc
+	v, _ := p.lazy.LoadOrStore(t, encode(compile.Destination(p.snap, t)))
+	return v.(*encoded), p.readyAt
+}
+
+// published is a snapshot as served, with the destinations compiled for it.
+type published struct {
+	snap    *model.Snapshot
+	readyAt time.Time // when snap was given to Update
+	// dests were compiled at publication and are read-only; lazy holds
+	// targets first watched later (compile.Target → *encoded).
+	dests map[compile.Target]*encoded
+	lazy  sync.Map
+}
+
+// destination returns t's config if it has been compiled; p may be nil.
+func (p *published) destination(t compile.Target) (*encoded, bool) {
+	if p == nil {
+		return nil, false
+	}
+	if e, ok := p.dests[t]; ok {
+		return e, true
+	}
+	if v, ok := p.lazy.Load(t); ok {
+		return v.(*encoded), true
+	}
+	return nil, false
 }
 
 func (s *Server) wait(ctx context.Context) error {

@@ -181,7 +181,7 @@ func newEnv(t *testing.T, opts envOptions) *env {
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    roots,
 	}
-	g := grpc.NewServer(append(sopts, grpc.Creds(credentials.NewTLS(tlsConf)))...)
+	g := grpc.NewServer(append(sopts, grpc.Creds(credentials.NewTLS(tlsConf)), serve.Codec(), grpc.StatsHandler(e.srv.StatsHandler()))...)
 	e.srv.Register(g)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -851,6 +851,9 @@ func TestCompiledOnceShared(t *testing.T) {
 	if n := e.srv.Stats().Pushes; n != int64(len(watchers)) {
 		t.Errorf("Stats().Pushes = %d, want %d", n, len(watchers))
 	}
+	if n := e.srv.Stats().Connections; n != int64(len(watchers)) {
+		t.Errorf("Stats().Connections = %d, want %d (one per watcher)", n, len(watchers))
+	}
 }
 
 // TestCertifyLifetime checks that a MeshConfig's certificate validity wins over
@@ -884,5 +887,66 @@ func TestCertifyLifetime(t *testing.T) {
 				t.Errorf("certificate lives %s, want about %s", life.Round(time.Second), tt.want)
 			}
 		})
+	}
+}
+
+// TestBurstCoalesced: a burst of 100 changes to a destination reaches a stream
+// that cannot keep up as far fewer messages, the last of which is the latest
+// config, while a stream of another destination receives nothing.
+func TestBurstCoalesced(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const burst = 100
+	snaps := make([]*model.Snapshot, burst)
+	for i := range snaps {
+		snaps[i] = bigSnapshot(t, i+1, 100) // each a different bookstore version
+	}
+	initial := bigSnapshot(t, 100, 1)
+	e.srv.Update(initial)
+
+	// The slow sidecar's connection has a small fixed flow-control window, so
+	// that the server's sends to it block after a few big configs.
+	slowConn := e.conn(t, buyer, grpc.WithInitialWindowSize(1<<16), grpc.WithInitialConnWindowSize(1<<16))
+	slow := watchDest(t, ctx, slowConn, bookstoreAuthority)
+	if _, err := slow.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	other := receive(watchDest(t, ctx, e.conn(t, store1), "bookstore-v2.bookstore:14001"))
+	other.next(t)
+	pushesBefore := e.srv.Stats().Pushes
+
+	for _, s := range snaps {
+		e.srv.Update(s)
+	}
+	// Let the server send what the window takes and coalesce the rest.
+	time.Sleep(500 * time.Millisecond)
+
+	want := destination(t, snaps[burst-1], bookstoreAuthority, "bookbuyer")
+	got := 0
+	for {
+		m, err := slow.Recv()
+		if err != nil {
+			t.Fatalf("after %d messages: %v", got, err)
+		}
+		got++
+		if m.GetVersion() == want.GetVersion() {
+			if d := diffProto(want, m); d != "" {
+				t.Errorf("last message (-want +got):\n%s", d)
+			}
+			break
+		}
+		if got > burst {
+			t.Fatalf("received %d messages without the latest version %s", got, want.GetVersion())
+		}
+	}
+	t.Logf("the slow stream received %d messages for a burst of %d changes", got, burst)
+	if got > burst/10 {
+		t.Errorf("the slow stream received %d messages for %d changes, want at most %d (latest value only)", got, burst, burst/10)
+	}
+	// bookstore-v2's config never changed: its stream got nothing.
+	other.none(t, 100*time.Millisecond)
+	if sent := e.srv.Stats().Pushes - pushesBefore; sent != int64(got) {
+		t.Errorf("server pushed %d messages during the burst, want %d (all to the slow stream, none to the other)", sent, got)
 	}
 }

@@ -60,7 +60,7 @@ func TestImportRules(t *testing.T) {
 	controlPlane := []string{
 		module + "/internal/model", module + "/internal/compile", module + "/internal/serve",
 		module + "/internal/source/", module + "/internal/identity", module + "/internal/controlplane",
-		module + "/internal/cli", module + "/internal/stat",
+		module + "/internal/cli", module + "/internal/stat", module + "/internal/metrics", module + "/internal/cpbench",
 	}
 	rules := []struct {
 		pattern string

@@ -37,6 +37,9 @@ type Options struct {
 	Grace time.Duration
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// ObserveBuild, if set, is told how long each snapshot build took
+	// (translation and model.Build), under the store's lock: keep it cheap.
+	ObserveBuild func(time.Duration)
 }
 
 // Store keeps resources and registrations. It is safe for concurrent use.
@@ -473,8 +476,12 @@ func (s *Store) inputsLocked(objs translate.Objects) model.Inputs {
 }
 
 func (s *Store) rebuildLocked() {
+	start := time.Now()
 	objs, _, _ := translate.Translate(values(s.resources))
 	snap := model.Build(s.inputsLocked(objs))
+	if s.opts.ObserveBuild != nil {
+		s.opts.ObserveBuild(time.Since(start))
+	}
 	if s.snap != nil && s.snap.Hash() == snap.Hash() {
 		return
 	}
