@@ -39,7 +39,7 @@ clean:
 	rm -rf $(BIN)
 
 .PHONY: cluster-up cluster-down e2e-kube
-KUBE_TESTS ?= ./internal/source/kube/...
+KUBE_TESTS ?= ./internal/source/kube/... ./test/kube/...
 CLUSTER_DIR ?= $(or $(TRELLIS_CLUSTER_DIR),/tmp/trellis-cluster)
 
 cluster-up: ## bring up a single-node Kubernetes test cluster (root; see test/cluster/README.md)
@@ -50,7 +50,8 @@ cluster-down: ## tear the test cluster down, leaving nothing behind
 
 e2e-kube: ## bring the test cluster up, run the Kubernetes tests against it, tear it down (root)
 	./test/cluster/up.sh
-	TRELLIS_TEST_KUBECONFIG=$(CLUSTER_DIR)/kubeconfig $(GO) test -count=1 $(KUBE_TESTS); \
+	./test/cluster/images.sh || { ./test/cluster/down.sh; exit 1; }
+	TRELLIS_TEST_KUBECONFIG=$(CLUSTER_DIR)/kubeconfig TRELLIS_TEST_IMAGES=1 $(GO) test -count=1 $(KUBE_TESTS); \
 	  rc=$$?; ./test/cluster/down.sh; exit $$rc
 
 # Benchmarks (bench/): not part of `make test`. `bench` runs the full comparison

@@ -21,6 +21,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/proxy/control"
 	"github.com/trellis-mesh/trellis/internal/spiffe"
+	"github.com/trellis-mesh/trellis/test/kubetest"
 )
 
 // TestControlPlaneKubeMode runs the control plane in Kubernetes mode against
@@ -28,10 +29,10 @@ import (
 // pod's sidecar would: it certifies with the pod's projected service-account
 // token and receives the pod's inbound config.
 func TestControlPlaneKubeMode(t *testing.T) {
-	c := testCluster(t)
-	ns := c.namespace(t, "bookstore", true)
-	pod := c.pod(t, ns, "bookstore-v1", "bookstore", "10.244.0.211")
-	c.service(t, ns, "bookstore", corev1.ServicePort{Name: "bookstore-port", Port: 14001}, true, pod)
+	c := kubetest.New(t)
+	ns := c.Namespace(t, "bookstore", true)
+	pod := c.Pod(t, ns, "bookstore-v1", "bookstore", "10.244.0.211")
+	c.Service(t, ns, "bookstore", corev1.ServicePort{Name: "bookstore-port", Port: 14001}, true, pod)
 
 	state := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -40,7 +41,7 @@ func TestControlPlaneKubeMode(t *testing.T) {
 	go func() {
 		done <- controlplane.RunKube(ctx, controlplane.KubeOptions{
 			StateDir: state, GRPCAddr: "127.0.0.1:0", HealthAddr: "127.0.0.1:0", WebhookAddr: "127.0.0.1:0",
-			Client: c.client, Dynamic: c.dynamic,
+			Client: c.Client, Dynamic: c.Dynamic,
 			Inject: inject.Config{ProxyImage: "localhost/trellis/proxy:test", ControlPlane: "10.96.0.20:15128"},
 			Ready:  func(i controlplane.KubeInfo) { ready <- i },
 		})
@@ -69,7 +70,7 @@ func TestControlPlaneKubeMode(t *testing.T) {
 		t.Fatal("the CA's root does not parse")
 	}
 	exp := int64(600)
-	tr, err := c.client.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), "bookstore", &authnv1.TokenRequest{
+	tr, err := c.Client.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), "bookstore", &authnv1.TokenRequest{
 		Spec: authnv1.TokenRequestSpec{Audiences: []string{"trellis"}, ExpirationSeconds: &exp},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -109,7 +110,7 @@ func TestControlPlaneKubeMode(t *testing.T) {
 	}
 
 	// A token for another audience certifies nothing.
-	other, err := c.client.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), "bookstore", &authnv1.TokenRequest{
+	other, err := c.Client.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), "bookstore", &authnv1.TokenRequest{
 		Spec: authnv1.TokenRequestSpec{Audiences: []string{"someone-else"}, ExpirationSeconds: &exp},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -126,9 +127,9 @@ func TestControlPlaneKubeMode(t *testing.T) {
 // sidecar as a native sidecar, and the namespace has the CA bundle it mounts.
 // A pod of a namespace outside the mesh is left alone.
 func TestInjectionWebhook(t *testing.T) {
-	c := testCluster(t)
-	meshedNS := c.namespace(t, "bookstore", true)
-	outsideNS := c.namespace(t, "outside", false)
+	c := kubetest.New(t)
+	meshedNS := c.Namespace(t, "bookstore", true)
+	outsideNS := c.Namespace(t, "outside", false)
 	state := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan controlplane.KubeInfo, 1)
@@ -136,7 +137,7 @@ func TestInjectionWebhook(t *testing.T) {
 	go func() {
 		done <- controlplane.RunKube(ctx, controlplane.KubeOptions{
 			StateDir: state, GRPCAddr: "127.0.0.1:0", HealthAddr: "127.0.0.1:0", WebhookAddr: "127.0.0.1:0",
-			Client: c.client, Dynamic: c.dynamic,
+			Client: c.Client, Dynamic: c.Dynamic,
 			Inject: inject.Config{ProxyImage: "localhost/trellis/proxy:test", ControlPlane: "10.96.0.20:15128"},
 			Ready:  func(i controlplane.KubeInfo) { ready <- i },
 		})
@@ -178,17 +179,17 @@ func TestInjectionWebhook(t *testing.T) {
 			TimeoutSeconds:          &timeout,
 		}},
 	}
-	if _, err := c.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(bg, wh, metav1.CreateOptions{}); err != nil {
+	if _, err := c.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(bg, wh, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		c.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(bg, name, metav1.DeleteOptions{})
+		c.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(bg, name, metav1.DeleteOptions{})
 	})
 
 	// The API server may take a moment to start calling a new webhook.
 	var pod *corev1.Pod
 	for i := 0; ; i++ {
-		pod = c.pod(t, meshedNS, fmt.Sprintf("bookstore-v1-%d", i), "bookstore", fmt.Sprintf("10.244.0.%d", 220+i))
+		pod = c.Pod(t, meshedNS, fmt.Sprintf("bookstore-v1-%d", i), "bookstore", fmt.Sprintf("10.244.0.%d", 220+i))
 		if pod.Annotations[inject.InjectedAnnotation] == "true" || i == 20 {
 			break
 		}
@@ -198,8 +199,8 @@ func TestInjectionWebhook(t *testing.T) {
 		pod.Spec.InitContainers[0].RestartPolicy == nil || *pod.Spec.InitContainers[0].RestartPolicy != corev1.ContainerRestartPolicyAlways {
 		t.Fatalf("pod %s/%s was not injected with a native sidecar: init containers %+v", meshedNS, pod.Name, pod.Spec.InitContainers)
 	}
-	eventually(t, 10*time.Second, "the CA bundle in "+meshedNS, func() error {
-		cm, err := c.client.CoreV1().ConfigMaps(meshedNS).Get(bg, inject.CABundleConfigMap, metav1.GetOptions{})
+	kubetest.Eventually(t, 10*time.Second, "the CA bundle in "+meshedNS, func() error {
+		cm, err := c.Client.CoreV1().ConfigMaps(meshedNS).Get(bg, inject.CABundleConfigMap, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -208,7 +209,7 @@ func TestInjectionWebhook(t *testing.T) {
 		}
 		return nil
 	})
-	plain := c.pod(t, outsideNS, "plain", "default-sa", "10.244.0.250")
+	plain := c.Pod(t, outsideNS, "plain", "default-sa", "10.244.0.250")
 	if len(plain.Spec.InitContainers) != 0 || plain.Annotations[inject.InjectedAnnotation] != "" {
 		t.Errorf("a pod outside the mesh was injected: %+v", plain.Spec.InitContainers)
 	}

@@ -1,0 +1,280 @@
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/trellis-mesh/trellis/examples/bookstore"
+	"github.com/trellis-mesh/trellis/internal/controlplane"
+	"github.com/trellis-mesh/trellis/internal/inject"
+	"github.com/trellis-mesh/trellis/test/kubetest"
+)
+
+// ImagesEnv says Trellis's images are imported into the cluster
+// (test/cluster/images.sh; make e2e-kube sets it).
+const ImagesEnv = "TRELLIS_TEST_IMAGES"
+
+// nodeIP is the cluster bridge's address on this machine, where pods reach
+// the host (test/cluster/lib.sh).
+const nodeIP = "10.244.0.1"
+
+// mesh is a control plane in Kubernetes mode, running in the test on the host,
+// with its webhook registered for the test's namespaces.
+type mesh struct {
+	c    *kubetest.Cluster
+	info controlplane.KubeInfo
+}
+
+func startMesh(t *testing.T, c *kubetest.Cluster, namespaces ...string) *mesh {
+	t.Helper()
+	state := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan controlplane.KubeInfo, 1)
+	done := make(chan error, 1)
+	// Sidecars in pods dial the bridge address; the webhook is for the API
+	// server, on this machine.
+	gl, err := net.Listen("tcp", nodeIP+":0")
+	if err != nil {
+		t.Fatalf("the cluster bridge %s is not on this machine: %v", nodeIP, err)
+	}
+	grpcAddr := gl.Addr().String()
+	gl.Close()
+	go func() {
+		done <- controlplane.RunKube(ctx, controlplane.KubeOptions{
+			StateDir: state, GRPCAddr: grpcAddr, HealthAddr: "127.0.0.1:0", WebhookAddr: "127.0.0.1:0",
+			Client: c.Client, Dynamic: c.Dynamic, IPs: []net.IP{net.ParseIP(nodeIP)},
+			Inject: inject.Config{ProxyImage: "localhost/trellis/proxy:dev", ControlPlane: grpcAddr, PullPolicy: corev1.PullNever},
+			Ready:  func(i controlplane.KubeInfo) { ready <- i },
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("RunKube: %v", err)
+		}
+	})
+	m := &mesh{c: c}
+	select {
+	case m.info = <-ready:
+	case err := <-done:
+		t.Fatalf("RunKube: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("control plane not serving after 30s")
+	}
+	rootPEM, err := os.ReadFile(filepath.Join(state, "ca", "root.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "trellis-e2e-" + namespaces[0]
+	url := "https://" + m.info.Webhook + "/mutate"
+	wh := &admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Webhooks: []admissionregistrationv1.MutatingWebhook{{
+			Name:         "inject.trellis.io",
+			ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: rootPEM},
+			Rules: []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+				Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}},
+			NamespaceSelector:       &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpIn, Values: namespaces}}},
+			FailurePolicy:           kubetest.Ptr(admissionregistrationv1.Fail), // a test pod must not start unmeshed
+			SideEffects:             kubetest.Ptr(admissionregistrationv1.SideEffectClassNone),
+			AdmissionReviewVersions: []string{"v1"},
+			TimeoutSeconds:          kubetest.Ptr(int32(10)),
+		}},
+	}
+	if _, err := c.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(context.Background(), wh, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+	return m
+}
+
+// app runs one of the bookstore demo's apps as a pod of Trellis's own image,
+// behind a Service when port is not 0.
+func (m *mesh) app(t *testing.T, ns, name, account string, port int32, args ...string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := m.c.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: account}}, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: account,
+			Containers: []corev1.Container{{
+				Name: name, Image: "localhost/trellis/trellis:dev", ImagePullPolicy: corev1.PullNever,
+				Args: append([]string{"demo-app"}, args...),
+			}},
+			TerminationGracePeriodSeconds: kubetest.Ptr(int64(5)),
+		},
+	}
+	if port != 0 {
+		pod.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "web", ContainerPort: port}}
+		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.ServiceSpec{
+			Selector: map[string]string{"app": name},
+			Ports:    []corev1.ServicePort{{Name: name + "-port", Port: port, TargetPort: intstr.FromInt32(port)}},
+		}}
+		if _, err := m.c.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := m.c.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("pod %s/%s: %v", ns, name, err)
+	}
+}
+
+// waitRunning waits until the pod's containers all run and returns its IP.
+func (m *mesh) waitRunning(t *testing.T, ns, name string) string {
+	t.Helper()
+	var ip string
+	kubetest.Eventually(t, 90*time.Second, "pod "+ns+"/"+name+" running with its sidecar", func() error {
+		p, err := m.c.Client.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(p.Spec.InitContainers) == 0 || p.Spec.InitContainers[0].Name != inject.ProxyContainer {
+			return fmt.Errorf("not injected")
+		}
+		for _, st := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+			if st.State.Running == nil || !st.Ready && st.Name != name {
+				return fmt.Errorf("container %s: %+v", st.Name, st.State)
+			}
+		}
+		if len(p.Status.ContainerStatuses) == 0 || p.Status.PodIP == "" {
+			return fmt.Errorf("phase %s, no container status yet", p.Status.Phase)
+		}
+		ip = p.Status.PodIP
+		return nil
+	})
+	return ip
+}
+
+// stats reads a demo client's counters from its stats page in the pod.
+func stats(t *testing.T, ip string) bookstore.ClientStats {
+	t.Helper()
+	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	var st bookstore.ClientStats
+	kubetest.Eventually(t, 20*time.Second, "stats of the client at "+ip, func() error {
+		resp, err := hc.Get("http://" + net.JoinHostPort(ip, "8080") + "/stats")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		return json.NewDecoder(resp.Body).Decode(&st)
+	})
+	return st
+}
+
+// TestBookstoreOnCluster runs bookbuyer, bookthief, bookstore and bookwarehouse
+// as injected pods of Trellis's own images and follows the OSM walk-through:
+// in permissive mode bookbuyer is served through the sidecars; in strict mode
+// both clients are denied until a TrafficTarget allows bookbuyer, after which
+// bookbuyer is served and bookthief still denied. The outcomes are read from
+// the apps' own counters.
+func TestBookstoreOnCluster(t *testing.T) {
+	if os.Getenv(ImagesEnv) == "" {
+		t.Skipf("Trellis's images are not in the cluster: set $%s after test/cluster/images.sh (make e2e-kube does)", ImagesEnv)
+	}
+	c := kubetest.New(t)
+	store := c.Namespace(t, "bookstore", true)
+	buyer := c.Namespace(t, "bookbuyer", true)
+	thief := c.Namespace(t, "bookthief", true)
+	warehouse := c.Namespace(t, "bookwarehouse", true)
+	m := startMesh(t, c, store, buyer, thief, warehouse)
+
+	storeURL := "http://bookstore." + store + ":14001"
+	m.app(t, warehouse, "bookwarehouse", "bookwarehouse", 14001, "bookwarehouse", "--listen", "127.0.0.1:14001")
+	m.app(t, store, "bookstore", "bookstore", 14001, "bookstore", "--listen", "127.0.0.1:14001", "--version", "v1",
+		"--warehouse", "http://bookwarehouse."+warehouse+":14001")
+	m.app(t, buyer, "bookbuyer", "bookbuyer", 0, "bookbuyer", "--listen", "0.0.0.0:8080", "--bookstore", storeURL)
+	m.app(t, thief, "bookthief", "bookthief", 0, "bookthief", "--listen", "0.0.0.0:8080", "--bookstore", storeURL)
+	m.waitRunning(t, warehouse, "bookwarehouse")
+	m.waitRunning(t, store, "bookstore")
+	buyerIP := m.waitRunning(t, buyer, "bookbuyer")
+	thiefIP := m.waitRunning(t, thief, "bookthief")
+
+	// Permissive (no MeshConfig: OSM's default): bookbuyer is served.
+	kubetest.Eventually(t, 60*time.Second, "bookbuyer served in permissive mode", func() error {
+		a := stats(t, buyerIP)
+		time.Sleep(2 * time.Second)
+		b := stats(t, buyerIP)
+		if b.OK-a.OK < 5 {
+			return fmt.Errorf("bookbuyer: %d more 2xx in 2 s (reasons %v)", b.OK-a.OK, b.Reasons)
+		}
+		return nil
+	})
+
+	// Strict mode: both clients denied.
+	c.Apply(t, `apiVersion: config.openservicemesh.io/v1alpha2
+kind: MeshConfig
+metadata: {name: osm-mesh-config, namespace: `+store+`}
+spec:
+  traffic: {enablePermissiveTrafficPolicyMode: false, enableEgress: false}
+`)
+	deniedNow := func(ip, who string) func() error {
+		return func() error {
+			a := stats(t, ip)
+			time.Sleep(2 * time.Second)
+			b := stats(t, ip)
+			if b.OK != a.OK || b.Denied-a.Denied < 5 {
+				return fmt.Errorf("%s: %d more 2xx, %d more denied in 2 s (reasons %v)", who, b.OK-a.OK, b.Denied-a.Denied, b.Reasons)
+			}
+			return nil
+		}
+	}
+	kubetest.Eventually(t, 30*time.Second, "bookbuyer denied in strict mode", deniedNow(buyerIP, "bookbuyer"))
+	kubetest.Eventually(t, 30*time.Second, "bookthief denied in strict mode", deniedNow(thiefIP, "bookthief"))
+
+	// The walk-through's TrafficTarget and HTTPRouteGroup, for bookbuyer only.
+	c.Apply(t, `apiVersion: specs.smi-spec.io/v1alpha4
+kind: HTTPRouteGroup
+metadata: {name: bookstore-service-routes, namespace: `+store+`}
+spec:
+  matches:
+  - name: books-bought
+    pathRegex: /books-bought
+    methods: [GET]
+    headers:
+    - "user-agent": ".*-http-client/*.*"
+    - "client-app": "bookbuyer"
+  - name: buy-a-book
+    pathRegex: ".*a-book.*new"
+    methods: [GET]
+`)
+	c.Apply(t, `apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: bookstore, namespace: `+store+`}
+spec:
+  destination: {kind: ServiceAccount, name: bookstore, namespace: `+store+`}
+  rules:
+  - kind: HTTPRouteGroup
+    name: bookstore-service-routes
+    matches: [buy-a-book, books-bought]
+  sources:
+  - {kind: ServiceAccount, name: bookbuyer, namespace: `+buyer+`}
+`)
+	kubetest.Eventually(t, 30*time.Second, "bookbuyer served once the TrafficTarget allows it", func() error {
+		a := stats(t, buyerIP)
+		time.Sleep(2 * time.Second)
+		b := stats(t, buyerIP)
+		if b.OK-a.OK < 5 || b.Denied != a.Denied {
+			return fmt.Errorf("bookbuyer: %d more 2xx, %d more denied in 2 s (reasons %v)", b.OK-a.OK, b.Denied-a.Denied, b.Reasons)
+		}
+		return nil
+	})
+	kubetest.Eventually(t, 10*time.Second, "bookthief still denied", deniedNow(thiefIP, "bookthief"))
+}
