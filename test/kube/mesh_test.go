@@ -104,15 +104,18 @@ func startMesh(t *testing.T, c *kubetest.Cluster, namespaces ...string) *mesh {
 }
 
 // app runs one of the bookstore demo's apps as a pod of Trellis's own image,
-// behind a Service when port is not 0.
-func (m *mesh) app(t *testing.T, ns, name, account string, port int32, args ...string) {
+// with the given labels (default app: name), listening on port when not 0.
+func (m *mesh) app(t *testing.T, ns, name, account string, labels map[string]string, port int32, args ...string) {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := m.c.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: account}}, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
 		t.Fatal(err)
 	}
+	if labels == nil {
+		labels = map[string]string{"app": name}
+	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
 		Spec: corev1.PodSpec{
 			ServiceAccountName: account,
 			Containers: []corev1.Container{{
@@ -124,16 +127,21 @@ func (m *mesh) app(t *testing.T, ns, name, account string, port int32, args ...s
 	}
 	if port != 0 {
 		pod.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "web", ContainerPort: port}}
-		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.ServiceSpec{
-			Selector: map[string]string{"app": name},
-			Ports:    []corev1.ServicePort{{Name: name + "-port", Port: port, TargetPort: intstr.FromInt32(port)}},
-		}}
-		if _, err := m.c.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
 	}
 	if _, err := m.c.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("pod %s/%s: %v", ns, name, err)
+	}
+}
+
+// service makes a Service on port for the pods with the given labels.
+func (m *mesh) service(t *testing.T, ns, name string, selector map[string]string, port int32) {
+	t.Helper()
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.ServiceSpec{
+		Selector: selector,
+		Ports:    []corev1.ServicePort{{Name: name + "-port", Port: port, TargetPort: intstr.FromInt32(port)}},
+	}}
+	if _, err := m.c.Client.CoreV1().Services(ns).Create(context.Background(), svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -197,13 +205,20 @@ func TestBookstoreOnCluster(t *testing.T) {
 	m := startMesh(t, c, store, buyer, thief, warehouse)
 
 	storeURL := "http://bookstore." + store + ":14001"
-	m.app(t, warehouse, "bookwarehouse", "bookwarehouse", 14001, "bookwarehouse", "--listen", "127.0.0.1:14001")
-	m.app(t, store, "bookstore", "bookstore", 14001, "bookstore", "--listen", "127.0.0.1:14001", "--version", "v1",
-		"--warehouse", "http://bookwarehouse."+warehouse+":14001")
-	m.app(t, buyer, "bookbuyer", "bookbuyer", 0, "bookbuyer", "--listen", "0.0.0.0:8080", "--bookstore", storeURL)
-	m.app(t, thief, "bookthief", "bookthief", 0, "bookthief", "--listen", "0.0.0.0:8080", "--bookstore", storeURL)
+	warehouseURL := "http://bookwarehouse." + warehouse + ":14001"
+	m.app(t, warehouse, "bookwarehouse", "bookwarehouse", nil, 14001, "bookwarehouse", "--listen", "127.0.0.1:14001")
+	m.service(t, warehouse, "bookwarehouse", map[string]string{"app": "bookwarehouse"}, 14001)
+	// As in OSM's demo: the root service holds every version; each version
+	// has a leaf service of its own.
+	m.service(t, store, "bookstore", map[string]string{"app": "bookstore"}, 14001)
+	m.service(t, store, "bookstore-v1", map[string]string{"app": "bookstore", "version": "v1"}, 14001)
+	m.service(t, store, "bookstore-v2", map[string]string{"app": "bookstore", "version": "v2"}, 14001)
+	m.app(t, store, "bookstore-v1", "bookstore", map[string]string{"app": "bookstore", "version": "v1"}, 14001,
+		"bookstore", "--listen", "127.0.0.1:14001", "--version", "v1", "--warehouse", warehouseURL)
+	m.app(t, buyer, "bookbuyer", "bookbuyer", nil, 0, "bookbuyer", "--listen", "0.0.0.0:8080", "--bookstore", storeURL)
+	m.app(t, thief, "bookthief", "bookthief", nil, 0, "bookthief", "--listen", "0.0.0.0:8080", "--bookstore", storeURL)
 	m.waitRunning(t, warehouse, "bookwarehouse")
-	m.waitRunning(t, store, "bookstore")
+	m.waitRunning(t, store, "bookstore-v1")
 	buyerIP := m.waitRunning(t, buyer, "bookbuyer")
 	thiefIP := m.waitRunning(t, thief, "bookthief")
 
@@ -277,4 +292,71 @@ spec:
 		return nil
 	})
 	kubetest.Eventually(t, 10*time.Second, "bookthief still denied", deniedNow(thiefIP, "bookthief"))
+
+	// bookstore v2 joins; the split moves the traffic, 50/50 then all to v2.
+	c.Apply(t, `apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: bookstore-v2, namespace: `+store+`}
+spec:
+  destination: {kind: ServiceAccount, name: bookstore-v2, namespace: `+store+`}
+  rules:
+  - kind: HTTPRouteGroup
+    name: bookstore-service-routes
+    matches: [buy-a-book, books-bought]
+  sources:
+  - {kind: ServiceAccount, name: bookbuyer, namespace: `+buyer+`}
+`)
+	m.app(t, store, "bookstore-v2", "bookstore-v2", map[string]string{"app": "bookstore", "version": "v2"}, 14001,
+		"bookstore", "--listen", "127.0.0.1:14001", "--version", "v2", "--warehouse", warehouseURL)
+	m.waitRunning(t, store, "bookstore-v2")
+	split := func(v1, v2 int) string {
+		return fmt.Sprintf(`apiVersion: split.smi-spec.io/v1alpha2
+kind: TrafficSplit
+metadata: {name: bookstore-split, namespace: %s}
+spec:
+  service: bookstore.%[1]s
+  backends: [{service: bookstore-v1, weight: %d}, {service: bookstore-v2, weight: %d}]
+`, store, v1, v2)
+	}
+	// share measures v2's share of bookbuyer's successful requests over d.
+	share := func(d time.Duration) (float64, int64) {
+		a := stats(t, buyerIP)
+		time.Sleep(d)
+		b := stats(t, buyerIP)
+		n := (b.ServedBy["bookstore-v1"] + b.ServedBy["bookstore-v2"]) - (a.ServedBy["bookstore-v1"] + a.ServedBy["bookstore-v2"])
+		if n == 0 {
+			return 0, 0
+		}
+		return float64(b.ServedBy["bookstore-v2"]-a.ServedBy["bookstore-v2"]) / float64(n), n
+	}
+	c.Apply(t, split(50, 50))
+	kubetest.Eventually(t, 30*time.Second, "a 50/50 split", func() error {
+		if sh, n := share(3 * time.Second); n < 20 || sh < 0.3 || sh > 0.7 {
+			return fmt.Errorf("bookstore-v2 served %.0f%% of %d requests, want 30-70%%", 100*sh, n)
+		}
+		return nil
+	})
+	before := stats(t, buyerIP)
+	applied := time.Now()
+	if err := c.Dynamic.Resource(c.GVR(t, "TrafficSplit")).Namespace(store).Delete(context.Background(), "bookstore-split", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.Apply(t, split(0, 100))
+	// The split has moved once a window of requests all went to v2.
+	var took time.Duration
+	kubetest.Eventually(t, 30*time.Second, "all traffic on bookstore-v2", func() error {
+		if sh, n := share(500 * time.Millisecond); n < 3 || sh < 1 {
+			return fmt.Errorf("bookstore-v2 served %.0f%% of %d requests", 100*sh, n)
+		}
+		took = time.Since(applied)
+		return nil
+	})
+	t.Logf("TrafficSplit v2-only took effect in the pods within %s of being applied (a 500 ms window)", took.Round(10*time.Millisecond))
+	if sh, n := share(3 * time.Second); n < 20 || sh < 0.99 {
+		t.Errorf("after the v2-only split, bookstore-v2 served %.1f%% of %d requests, want >= 99%%", 100*sh, n)
+	}
+	after := stats(t, buyerIP)
+	if after.Failed != before.Failed || after.Denied != before.Denied {
+		t.Errorf("requests failed while the split moved: failed %d→%d, denied %d→%d (reasons %v)", before.Failed, after.Failed, before.Denied, after.Denied, after.Reasons)
+	}
 }
