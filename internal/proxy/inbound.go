@@ -31,7 +31,7 @@ type tlsAcceptor struct {
 
 func newTLSAcceptor(ln net.Listener, conf *tls.Config, p *Proxy) *tlsAcceptor {
 	conf = conf.Clone()
-	conf.NextProtos = []string{"http/1.1", alpnTCP}
+	conf.NextProtos = []string{"h2", "http/1.1", alpnTCP}
 	return &tlsAcceptor{ln: ln, conf: conf, p: p, conns: make(chan net.Conn), done: make(chan struct{})}
 }
 
@@ -104,7 +104,7 @@ func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	e.Source = src
-	status, reason, n, route := p.inbound(w, r, pol, src)
+	status, reason, n, route := p.inbound(w, r, pol, src, &l)
 	l.ResponseCode, l.Reason, l.Route = statusText(status), reason, route
 	d := time.Since(start)
 	p.metrics.Request(l, d)
@@ -114,7 +114,7 @@ func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (p *Proxy) inbound(w http.ResponseWriter, r *http.Request, pol *authz.Policy, src string) (int, string, int64, string) {
+func (p *Proxy) inbound(w http.ResponseWriter, r *http.Request, pol *authz.Policy, src string, l *telemetry.Labels) (int, string, int64, string) {
 	if pol == nil {
 		refuse(w, http.StatusServiceUnavailable, ReasonNotReady, "the sidecar has no inbound policy from the control plane yet")
 		return http.StatusServiceUnavailable, ReasonNotReady, 0, ""
@@ -133,13 +133,25 @@ func (p *Proxy) inbound(w http.ResponseWriter, r *http.Request, pol *authz.Polic
 	out.RequestURI = ""
 	out.URL.Scheme = "http"
 	out.URL.Host = p.opts.AppAddr
-	removeHopHeaders(out.Header)
-	resp, err := p.app.RoundTrip(out)
+	out.Trailer = r.Trailer
+	// HTTP/2 from the peer (the caller spoke h2c or gRPC) goes to the app as
+	// h2c; HTTP/1.1 as HTTP/1.1.
+	tr := p.app
+	if r.ProtoMajor == 2 {
+		tr = p.appH2
+	}
+	upgrade := prepareRequest(out.Header)
+	resp, err := tr.RoundTrip(out)
 	if err != nil {
 		refuse(w, http.StatusServiceUnavailable, ReasonAppUnreachable, fmt.Sprintf("app at %s: %v", p.opts.AppAddr, err))
 		return http.StatusServiceUnavailable, ReasonAppUnreachable, 0, rule
 	}
-	st, n := copyResponse(w, resp)
+	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {
+		st, n := switchProtocols(w, resp, upgrade)
+		return st, "", n, rule
+	}
+	st, n, grpc := copyResponse(w, resp)
+	l.GRPCStatus = grpc
 	return st, "", n, rule
 }
 

@@ -30,6 +30,7 @@ const (
 	ReasonAppUnreachable      = "app_unreachable"
 	ReasonBadRequest          = "bad_request"
 	ReasonTimeout             = "timeout"
+	ReasonUpgradeFailed       = "upgrade_failed"
 )
 
 // ReasonHeader names the cause of a response the sidecar made itself.
@@ -37,19 +38,6 @@ const ReasonHeader = "X-Trellis-Reason"
 
 // alpnTCP asks the peer sidecar for an opaque TCP tunnel instead of HTTP.
 const alpnTCP = "trellis-tcp/1"
-
-var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-func removeHopHeaders(h http.Header) {
-	for _, f := range h.Values("Connection") {
-		for _, name := range strings.Split(f, ",") {
-			h.Del(strings.TrimSpace(name))
-		}
-	}
-	for _, name := range hopHeaders {
-		h.Del(name)
-	}
-}
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
@@ -93,7 +81,15 @@ func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
 // outbound serves one request and says what happened.
 func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.Entry, l *telemetry.Labels) (status int, reason string, sent int64, route string) {
 	authority := r.Host
-	if r.Method != http.MethodConnect {
+	h2 := r.ProtoMajor == 2
+	switch {
+	case h2 && r.Method == http.MethodConnect:
+		refuse(w, http.StatusBadRequest, ReasonBadRequest, "CONNECT over HTTP/2 is not supported: send it over HTTP/1.1")
+		return http.StatusBadRequest, ReasonBadRequest, 0, ""
+	case h2:
+		// HTTP/2 with prior knowledge (h2c): the app dialed this listener
+		// directly and names the service in :authority.
+	case r.Method != http.MethodConnect:
 		if !r.URL.IsAbs() {
 			refuse(w, http.StatusBadRequest, ReasonBadRequest, "this is the outbound proxy: send absolute-form requests (set HTTP_PROXY)")
 			return http.StatusBadRequest, ReasonBadRequest, 0, ""
@@ -148,7 +144,7 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 		done(time.Since(picked), rsn != "")
 		return st, rsn, n, route
 	}
-	tr := p.upstream(ep, b.msg.GetTimeouts())
+	tr := p.upstream(ep, b.msg.GetTimeouts(), h2)
 	ctx := r.Context()
 	if d := b.msg.GetTimeouts().GetRequest().AsDuration(); d > 0 {
 		var cancel context.CancelFunc
@@ -157,7 +153,15 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	}
 	out := r.Clone(ctx)
 	out.RequestURI = ""
-	removeHopHeaders(out.Header)
+	// Request trailers are read into r.Trailer as the body ends; the
+	// transport sends out.Trailer after the body, so they must be one map.
+	out.Trailer = r.Trailer
+	if h2 {
+		// The TLS is the sidecar's own (see upstream); the scheme says so
+		// to the peer.
+		out.URL.Scheme, out.URL.Host = "https", authority
+	}
+	upgrade := prepareRequest(out.Header)
 	resp, err := tr.RoundTrip(out)
 	if err != nil {
 		done(time.Since(picked), true)
@@ -166,7 +170,12 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	// The balancer learns the time to the response headers: what the endpoint
 	// controls, not how long the caller takes to read the body.
 	done(time.Since(picked), resp.StatusCode >= 500)
-	st, n := copyResponse(w, resp)
+	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {
+		st, n := switchProtocols(w, resp, upgrade)
+		return st, "", n, route
+	}
+	st, n, grpc := copyResponse(w, resp)
+	l.GRPCStatus = grpc
 	return st, "", n, route
 }
 
@@ -184,61 +193,60 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, err error, ep *proxyv1.Endp
 	return http.StatusServiceUnavailable, ReasonUpstreamUnreachable, 0, route
 }
 
-// copyResponse relays an upstream response; it returns the status and body bytes.
-func copyResponse(w http.ResponseWriter, resp *http.Response) (int, int64) {
-	defer resp.Body.Close()
-	removeHopHeaders(resp.Header)
-	h := w.Header()
-	for k, v := range resp.Header {
-		h[k] = v
-	}
-	w.WriteHeader(resp.StatusCode)
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	var dst io.Writer = w
-	if resp.ContentLength < 0 {
-		dst = flushWriter{w, http.NewResponseController(w)}
-	}
-	n, _ := io.CopyBuffer(dst, resp.Body, *bp)
-	return resp.StatusCode, n
+// upstreamKey names one pool: an endpoint, the identity it must present, and
+// whether the pool speaks HTTP/2.
+type upstreamKey struct {
+	address, identity string
+	h2                bool
 }
 
-type flushWriter struct {
-	w  io.Writer
-	rc *http.ResponseController
-}
-
-func (f flushWriter) Write(b []byte) (int, error) {
-	n, err := f.w.Write(b)
-	if err == nil {
-		err = f.rc.Flush()
-	}
-	return n, err
-}
-
-// upstream returns the connection pool for one endpoint. Pools outlive config
-// changes, so a new config never drops an established connection.
-func (p *Proxy) upstream(ep *proxyv1.Endpoint, to *proxyv1.Timeouts) *http.Transport {
-	key := ep.GetAddress() + "|" + ep.GetIdentity()
+// upstream returns the connection pool for one endpoint: HTTP/1.1 over mTLS
+// (ALPN http/1.1) for the app's HTTP/1.1 requests, or HTTP/2 over mTLS (ALPN
+// h2, one multiplexed connection) for its h2c and gRPC requests. Pools outlive
+// config changes, so a new config never drops an established connection.
+func (p *Proxy) upstream(ep *proxyv1.Endpoint, to *proxyv1.Timeouts, h2 bool) *http.Transport {
+	key := upstreamKey{ep.GetAddress(), ep.GetIdentity(), h2}
 	p.upMu.Lock()
 	defer p.upMu.Unlock()
 	if tr, ok := p.upstreams[key]; ok {
 		return tr
 	}
-	// The request URL names the service, never a host to resolve: every
-	// connection goes to this endpoint, over mTLS made here. (DialContext, not
-	// DialTLSContext: the URLs are http://, and the TLS is ours, not the URL's.)
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return p.dialPeer(ctx, ep, to, "http/1.1")
-		},
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     to.GetIdle().AsDuration(),
-		ForceAttemptHTTP2:   false,
+	var tr *http.Transport
+	if h2 {
+		// https URLs and DialTLSContext: the transport takes the TLS made
+		// here, sees ALPN h2 and speaks HTTP/2 on it.
+		var protos http.Protocols
+		protos.SetHTTP2(true)
+		tr = &http.Transport{
+			DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return p.dialPeer(ctx, ep, to, "h2")
+			},
+			Protocols:       &protos,
+			IdleConnTimeout: to.GetIdle().AsDuration(),
+			HTTP2:           &http.HTTP2Config{SendPingTimeout: 30 * time.Second},
+		}
+	} else {
+		// The request URL names the service, never a host to resolve: every
+		// connection goes to this endpoint, over mTLS made here. (DialContext,
+		// not DialTLSContext: the URLs are http://, and the TLS is ours, not
+		// the URL's.)
+		tr = &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return p.dialPeer(ctx, ep, to, "http/1.1")
+			},
+			MaxIdleConnsPerHost:   64,
+			IdleConnTimeout:       to.GetIdle().AsDuration(),
+			ExpectContinueTimeout: expectContinueTimeout,
+		}
 	}
 	p.upstreams[key] = tr
 	return tr
 }
+
+// expectContinueTimeout is how long a request with "Expect: 100-continue"
+// waits for the upstream's 100 Continue before its body is sent anyway. While
+// it waits the body is not read, so the 100 the caller gets is the app's.
+const expectContinueTimeout = time.Second
 
 // dialPeer opens an mTLS connection to a peer sidecar and checks that it presents
 // the identity discovery promised.
@@ -283,13 +291,23 @@ func (p *Proxy) egress(w http.ResponseWriter, r *http.Request, authority string)
 	}
 	out := r.Clone(r.Context())
 	out.RequestURI = ""
-	removeHopHeaders(out.Header)
-	resp, err := p.app.RoundTrip(out)
+	out.Trailer = r.Trailer
+	tr := p.app
+	if r.ProtoMajor == 2 {
+		out.URL.Scheme, out.URL.Host = "http", authority
+		tr = p.appH2
+	}
+	upgrade := prepareRequest(out.Header)
+	resp, err := tr.RoundTrip(out)
 	if err != nil {
 		refuse(w, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
 		return http.StatusBadGateway, ReasonUpstreamUnreachable, 0, ""
 	}
-	st, n := copyResponse(w, resp)
+	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {
+		st, n := switchProtocols(w, resp, upgrade)
+		return st, "", n, ""
+	}
+	st, n, _ := copyResponse(w, resp)
 	return st, "", n, ""
 }
 

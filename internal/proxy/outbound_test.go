@@ -97,3 +97,66 @@ func TestStatusText(t *testing.T) {
 		}
 	}
 }
+
+func TestPrepareRequest(t *testing.T) {
+	tests := []struct {
+		name        string
+		in          http.Header
+		want        http.Header
+		wantUpgrade string
+	}{
+		{
+			name: "WebSocket upgrade travels end to end",
+			in: http.Header{
+				"Connection": {"keep-alive, Upgrade"}, "Upgrade": {"websocket"}, "Keep-Alive": {"timeout=5"},
+				"Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}, "Sec-Websocket-Version": {"13"},
+			},
+			want: http.Header{
+				"Connection": {"Upgrade"}, "Upgrade": {"websocket"},
+				"Sec-Websocket-Key": {"dGhlIHNhbXBsZSBub25jZQ=="}, "Sec-Websocket-Version": {"13"},
+			},
+			wantUpgrade: "websocket",
+		},
+		{
+			name: "Upgrade without Connection: upgrade is dropped",
+			in:   http.Header{"Upgrade": {"websocket"}, "Accept": {"*/*"}},
+			want: http.Header{"Accept": {"*/*"}},
+		},
+		{
+			name: "TE: trailers is kept for gRPC, other TE values are not",
+			in:   http.Header{"Te": {"gzip, trailers"}, "Content-Type": {"application/grpc"}},
+			want: http.Header{"Te": {"trailers"}, "Content-Type": {"application/grpc"}},
+		},
+		{
+			name: "TE without trailers",
+			in:   http.Header{"Te": {"gzip"}},
+			want: http.Header{},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := tt.in.Clone()
+			up := prepareRequest(h)
+			if up != tt.wantUpgrade {
+				t.Errorf("upgrade = %q, want %q", up, tt.wantUpgrade)
+			}
+			if diff := cmp.Diff(tt.want, h); diff != "" {
+				t.Errorf("headers (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestGRPCStatusLabel(t *testing.T) {
+	for in, want := range map[string]string{
+		"0": "0", "5": "5", "14": "14", "16": "16",
+		"17": "unknown", "05": "unknown", "": "unknown", "-1": "unknown", "abc": "unknown", "1x": "unknown", "100": "unknown",
+	} {
+		if got := grpcStatusLabel(in); got != want {
+			t.Errorf("grpcStatusLabel(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { grpcStatusLabel("14") }); n != 0 {
+		t.Errorf("grpcStatusLabel allocates %v times per call, want 0", n)
+	}
+}

@@ -115,8 +115,9 @@ type Proxy struct {
 	ready    atomic.Bool
 
 	upMu      sync.Mutex
-	upstreams map[string]*http.Transport // by endpoint address + identity
-	app       *http.Transport
+	upstreams map[upstreamKey]*http.Transport
+	app       *http.Transport // HTTP/1.1 to the app (and to egress destinations)
+	appH2     *http.Transport // h2c, prior knowledge, to the app
 
 	// bound addresses, known once listening
 	Inbound, Outbound, Admin net.Addr
@@ -160,12 +161,18 @@ func New(o Options) (*Proxy, error) {
 		creds:     creds,
 		metrics:   telemetry.NewMetrics(),
 		log:       o.Logger,
-		upstreams: map[string]*http.Transport{},
+		upstreams: map[upstreamKey]*http.Transport{},
 		listening: make(chan struct{}),
 		app: &http.Transport{
-			DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-			MaxIdleConnsPerHost: 64,
-			IdleConnTimeout:     60 * time.Second,
+			DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			MaxIdleConnsPerHost:   64,
+			IdleConnTimeout:       60 * time.Second,
+			ExpectContinueTimeout: expectContinueTimeout,
+		},
+		appH2: &http.Transport{
+			DialContext:     (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			Protocols:       h2cOnly(),
+			IdleConnTimeout: 60 * time.Second,
 		},
 	}
 	if o.AccessLog != nil {
@@ -239,7 +246,13 @@ func (p *Proxy) Run(ctx context.Context) error {
 	go p.sweepLoop(bg)
 
 	inbound := &http.Server{Handler: http.HandlerFunc(p.serveInbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-	outbound := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	// The outbound listener serves HTTP/1.1 (the app's HTTP proxy) and h2c
+	// with prior knowledge, told apart by net/http from the connection's
+	// first bytes (the HTTP/2 preface); see docs/adr/0003.
+	var outProtos http.Protocols
+	outProtos.SetHTTP1(true)
+	outProtos.SetUnencryptedHTTP2(true)
+	outbound := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &outProtos}
 	acc := newTLSAcceptor(inLn, spiffe.ServerTLS(p.creds), p)
 	go acc.run()
 	go inbound.Serve(acc)
@@ -273,6 +286,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	acc.Close()
 	p.log.Info("stopped")
 	return nil
+}
+
+// h2cOnly is the protocol set of a transport that speaks HTTP/2 with prior
+// knowledge, unencrypted, for http:// URLs.
+func h2cOnly() *http.Protocols {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	return &p
 }
 
 // listen opens a TCP listener on host:port, or takes over the listening socket

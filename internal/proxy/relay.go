@@ -1,0 +1,224 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+)
+
+// This file relays one HTTP exchange between a downstream ResponseWriter and an
+// upstream round trip, for both listeners: headers end to end, trailers,
+// protocol switches (Upgrade, such as WebSocket) and the gRPC status.
+
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// removeHopHeaders deletes the hop-by-hop headers of RFC 9110, section 7.6.1,
+// and those the Connection header names.
+func removeHopHeaders(h http.Header) {
+	for _, f := range h["Connection"] {
+		for f != "" {
+			var name string
+			name, f, _ = strings.Cut(f, ",")
+			if name = strings.TrimSpace(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, name := range hopHeaders {
+		delete(h, name)
+	}
+}
+
+// prepareRequest removes the hop-by-hop headers of a request about to be
+// forwarded, but keeps what must travel end to end: "TE: trailers" (gRPC
+// servers want it) and, for a protocol switch, Upgrade with "Connection:
+// Upgrade". It returns the protocol asked for, or "" when the request asks for
+// no switch.
+func prepareRequest(h http.Header) (upgrade string) {
+	te := hasToken(h["Te"], "trailers")
+	if hasToken(h["Connection"], "upgrade") {
+		if v := h["Upgrade"]; len(v) > 0 {
+			upgrade = v[0]
+		}
+	}
+	removeHopHeaders(h)
+	if te {
+		h["Te"] = []string{"trailers"}
+	}
+	if upgrade != "" {
+		h["Connection"] = []string{"Upgrade"}
+		h["Upgrade"] = []string{upgrade}
+	}
+	return upgrade
+}
+
+// hasToken says whether any of the comma-separated values holds token, in any case.
+func hasToken(values []string, token string) bool {
+	for _, v := range values {
+		for v != "" {
+			var t string
+			t, v, _ = strings.Cut(v, ",")
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Trailer names the sidecar writes often, prefixed once here rather than per
+// response.
+const (
+	grpcStatusTrailer  = http.TrailerPrefix + "Grpc-Status"
+	grpcMessageTrailer = http.TrailerPrefix + "Grpc-Message"
+)
+
+// copyResponse relays an upstream response that does not switch protocols,
+// trailers included. It returns the status, the body bytes and the gRPC
+// status label ("" when the response carries none).
+func copyResponse(w http.ResponseWriter, resp *http.Response) (status int, n int64, grpc string) {
+	defer resp.Body.Close()
+	removeHopHeaders(resp.Header)
+	h := w.Header()
+	for k, v := range resp.Header {
+		h[k] = v
+	}
+	// Trailers announced in the header (HTTP/1.1) are announced downstream too;
+	// those that arrive unannounced (gRPC's, over HTTP/2) are written below
+	// with http.TrailerPrefix.
+	announced := len(resp.Trailer)
+	if announced > 0 {
+		names := make([]string, 0, announced)
+		for k := range resp.Trailer {
+			names = append(names, k)
+		}
+		h["Trailer"] = names
+	}
+	w.WriteHeader(resp.StatusCode)
+	bp := bufPool.Get().(*[]byte)
+	var dst io.Writer = w
+	if resp.ContentLength < 0 {
+		dst = flushWriter{w, http.NewResponseController(w)}
+	}
+	n, _ = io.CopyBuffer(dst, resp.Body, *bp)
+	bufPool.Put(bp)
+	for k, v := range resp.Trailer {
+		switch {
+		case announced > 0 && len(resp.Trailer) == announced:
+			h[k] = v
+		case k == "Grpc-Status":
+			h[grpcStatusTrailer] = v
+		case k == "Grpc-Message":
+			h[grpcMessageTrailer] = v
+		default:
+			h[http.TrailerPrefix+k] = v
+		}
+	}
+	g := resp.Trailer["Grpc-Status"]
+	if len(g) == 0 {
+		g = resp.Header["Grpc-Status"] // a trailers-only response
+	}
+	if len(g) > 0 {
+		grpc = grpcStatusLabel(g[0])
+	}
+	return resp.StatusCode, n, grpc
+}
+
+// grpcStatusLabel maps a grpc-status value to a label value from a fixed set,
+// so that a peer cannot grow the number of series: the codes 0 to 16 as
+// decimal, else "unknown".
+func grpcStatusLabel(v string) string {
+	n := 0
+	switch len(v) {
+	case 1:
+		n = int(v[0]) - '0'
+	case 2:
+		if v[0] < '0' || v[0] > '9' || v[1] < '0' || v[1] > '9' || v[0] == '0' {
+			return "unknown"
+		}
+		n = int(v[0]-'0')*10 + int(v[1]-'0')
+	default:
+		return "unknown"
+	}
+	if n < 0 || n > 16 {
+		return "unknown"
+	}
+	return statusTexts[n]
+}
+
+type flushWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (f flushWriter) Write(b []byte) (int, error) {
+	n, err := f.w.Write(b)
+	if err == nil {
+		err = f.rc.Flush()
+	}
+	return n, err
+}
+
+// switchProtocols relays a 101 Switching Protocols answer to a request that
+// asked for upgrade, then copies bytes both ways between the downstream
+// connection, taken over from net/http, and the upstream one, until either
+// side ends. It returns the status written and the bytes sent downstream
+// after the switch.
+func switchProtocols(w http.ResponseWriter, resp *http.Response, upgrade string) (int, int64) {
+	up, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok || !strings.EqualFold(resp.Header.Get("Upgrade"), upgrade) {
+		resp.Body.Close()
+		refuse(w, http.StatusBadGateway, ReasonUpgradeFailed, "the upstream switched to "+resp.Header.Get("Upgrade")+", not the "+upgrade+" asked for")
+		return http.StatusBadGateway, 0
+	}
+	defer up.Close()
+	down, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		refuse(w, http.StatusInternalServerError, ReasonUpgradeFailed, "cannot take over the connection to switch protocols: "+err.Error())
+		return http.StatusInternalServerError, 0
+	}
+	defer down.Close()
+	removeHopHeaders(resp.Header)
+	resp.Header["Connection"] = []string{"Upgrade"}
+	resp.Header["Upgrade"] = []string{upgrade}
+	if err := writeSwitch(brw.Writer, resp); err != nil {
+		return http.StatusSwitchingProtocols, 0
+	}
+	return http.StatusSwitchingProtocols, pipeUpgraded(down, brw.Reader, up)
+}
+
+// writeSwitch writes the 101 status line and headers.
+func writeSwitch(bw *bufio.Writer, resp *http.Response) error {
+	bw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	if err := resp.Header.Write(bw); err != nil {
+		return err
+	}
+	bw.WriteString("\r\n")
+	return bw.Flush()
+}
+
+// pipeUpgraded copies both ways between a switched connection's two sides
+// until either ends, then closes both (an upgraded protocol such as WebSocket
+// has its own close handshake, so there is no half-close to carry). br holds
+// bytes the client sent after its request, before the switch. It returns the
+// bytes sent to down.
+func pipeUpgraded(down net.Conn, br *bufio.Reader, up io.ReadWriteCloser) int64 {
+	var src io.Reader = down
+	if br.Buffered() > 0 {
+		src = io.MultiReader(io.LimitReader(br, int64(br.Buffered())), down)
+	}
+	done := make(chan struct{})
+	go func() {
+		io.Copy(up, src)
+		up.Close()
+		down.Close()
+		close(done)
+	}()
+	n, _ := io.Copy(down, up)
+	down.Close()
+	up.Close()
+	<-done
+	return n
+}
