@@ -1,10 +1,10 @@
 // Package proxy is the Trellis sidecar runtime: the outbound listener the app
-// reaches as its HTTP proxy, the inbound mTLS listener that authorizes callers by
-// SPIFFE ID and forwards to the app, and the admin listener (/ready, /live,
-// /config, /metrics). It applies whole configs from the control plane atomically
-// and keeps serving with the last one when the control plane is away. Only the
-// trellis-proxy binary imports it; it never imports client-go or control-plane
-// packages.
+// reaches as its HTTP proxy (or with h2c, prior knowledge), the inbound mTLS
+// listener that authorizes callers by SPIFFE ID and forwards to the app, and the
+// admin listener (/ready, /live, /config, /metrics). It applies whole configs
+// from the control plane atomically and keeps serving with the last one when the
+// control plane is away. Only the trellis-proxy binary imports it; it never
+// imports client-go, grpc-go or control-plane packages.
 package proxy
 
 import (
