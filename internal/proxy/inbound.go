@@ -187,7 +187,7 @@ func (p *Proxy) serveInboundTCP(tc *tls.Conn) {
 		return
 	}
 	p.metrics.ConnOpened(l)
-	sent := pipe(tc, app)
-	p.metrics.TCP(l, sent, 0)
+	sent, received := pipe(tc, app)
+	p.metrics.TCP(l, sent, received)
 	p.metrics.ConnClosed(l)
 }

@@ -140,7 +140,7 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 
 	picked := time.Now()
 	if r.Method == http.MethodConnect {
-		st, rsn, n := p.tunnel(w, ep, b.msg.GetTimeouts())
+		st, rsn, n := p.tunnel(w, ep, b.msg.GetTimeouts(), *l)
 		done(time.Since(picked), rsn != "")
 		return st, rsn, n, route
 	}
@@ -269,13 +269,13 @@ func (p *Proxy) dialPeer(ctx context.Context, ep *proxyv1.Endpoint, to *proxyv1.
 }
 
 // tunnel serves CONNECT to a mesh destination as an opaque TCP stream over mTLS.
-func (p *Proxy) tunnel(w http.ResponseWriter, ep *proxyv1.Endpoint, to *proxyv1.Timeouts) (int, string, int64) {
+func (p *Proxy) tunnel(w http.ResponseWriter, ep *proxyv1.Endpoint, to *proxyv1.Timeouts, l telemetry.Labels) (int, string, int64) {
 	up, err := p.dialPeer(context.Background(), ep, to, alpnTCP)
 	if err != nil {
 		st, rsn, n, _ := p.upstreamError(w, err, ep, "")
 		return st, rsn, n
 	}
-	return p.splice(w, up)
+	return p.splice(w, up, l)
 }
 
 // egress forwards a request for a destination outside the mesh, as is.
@@ -286,7 +286,7 @@ func (p *Proxy) egress(w http.ResponseWriter, r *http.Request, authority string)
 			refuse(w, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
 			return http.StatusBadGateway, ReasonUpstreamUnreachable, 0, ""
 		}
-		st, rsn, n := p.splice(w, up)
+		st, rsn, n := p.splice(w, up, telemetry.Labels{Direction: "outbound", TLS: "false", DestinationService: authority})
 		return st, rsn, n, ""
 	}
 	out := r.Clone(r.Context())
@@ -311,8 +311,9 @@ func (p *Proxy) egress(w http.ResponseWriter, r *http.Request, authority string)
 	return st, "", n, ""
 }
 
-// splice answers a CONNECT with 200 and copies bytes both ways until both sides close.
-func (p *Proxy) splice(w http.ResponseWriter, up net.Conn) (int, string, int64) {
+// splice answers a CONNECT with 200 and copies bytes both ways until both
+// sides close, counting the connection and its bytes under l.
+func (p *Proxy) splice(w http.ResponseWriter, up net.Conn, l telemetry.Labels) (int, string, int64) {
 	// The 200 is written on the hijacked connection: net/http would frame it as
 	// chunked, and a 2xx answer to CONNECT carries no framing headers (RFC 9110,
 	// section 9.3.6).
@@ -327,31 +328,37 @@ func (p *Proxy) splice(w http.ResponseWriter, up net.Conn) (int, string, int64) 
 		up.Close()
 		return http.StatusOK, "", 0
 	}
+	p.metrics.ConnOpened(l)
 	// Bytes the client sent after the CONNECT request, already buffered.
+	var early int64
 	if n := brw.Reader.Buffered(); n > 0 {
 		b, _ := brw.Reader.Peek(n)
-		up.Write(b)
+		m, _ := up.Write(b)
+		early = int64(m)
 	}
-	n := pipe(down, up)
-	return http.StatusOK, "", n
+	sent, received := pipe(down, up)
+	p.metrics.TCP(l, sent, received+early)
+	p.metrics.ConnClosed(l)
+	return http.StatusOK, "", sent
 }
 
-// pipe copies both ways, half-closing as each side finishes; it returns the bytes
-// sent towards a.
-func pipe(a, b net.Conn) int64 {
-	var toA int64
+// pipe copies both ways, half-closing as each side finishes; it returns the
+// bytes sent towards a and those sent towards b. Where a is the downstream
+// side, as everywhere here, those are the bytes a TCP series counts as sent
+// and received.
+func pipe(a, b net.Conn) (toA, toB int64) {
 	done := make(chan struct{})
 	go func() {
 		toA, _ = io.Copy(a, b)
 		closeWrite(a)
 		close(done)
 	}()
-	io.Copy(b, a)
+	toB, _ = io.Copy(b, a)
 	closeWrite(b)
 	<-done
 	a.Close()
 	b.Close()
-	return toA
+	return toA, toB
 }
 
 func closeWrite(c net.Conn) {
