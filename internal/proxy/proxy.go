@@ -49,6 +49,9 @@ type Options struct {
 	OutboundAddr string // the app's HTTP proxy; default 127.0.0.1:15001
 	AdminAddr    string // /ready, /config, /metrics; default 127.0.0.1:15000
 	AppAddr      string // where the app listens, host:port; empty: the app serves nothing
+	// TCPForwards bind local ports, each an opaque TCP stream to one mesh
+	// destination; none by default.
+	TCPForwards []TCPForward
 
 	// DrainTimeout bounds how long in-flight requests may finish at shutdown; default 10s.
 	DrainTimeout time.Duration
@@ -75,6 +78,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.AppAddr, "app", "", "the app's `address`, host:port (empty: the app serves nothing)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 10*time.Second, "how long in-flight requests may finish at shutdown")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 5*time.Minute, "drop a destination's watch when unused this long")
+	fs.Func("tcp-forward", "bind `LISTEN=AUTHORITY`: connections to LISTEN (host:port or fd:N) are opaque TCP to the mesh destination AUTHORITY (repeatable)", func(v string) error {
+		f, err := ParseTCPForward(v)
+		if err == nil {
+			o.TCPForwards = append(o.TCPForwards, f)
+		}
+		return err
+	})
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	accessLog := fs.Bool("access-log", true, "write JSON access log lines to stdout")
 	fs.Usage = func() {
@@ -121,6 +131,7 @@ type Proxy struct {
 
 	// bound addresses, known once listening
 	Inbound, Outbound, Admin net.Addr
+	TCPForwards              []net.Addr // in the order of Options.TCPForwards
 	listening                chan struct{}
 }
 
@@ -210,6 +221,21 @@ func (p *Proxy) Run(ctx context.Context) error {
 		outLn.Close()
 		return fmt.Errorf("admin listener: %w", err)
 	}
+	fwd := &tcpForwards{conns: map[net.Conn]struct{}{}}
+	for _, f := range p.opts.TCPForwards {
+		ln, err := listen(f.Listen)
+		if err != nil {
+			inLn.Close()
+			outLn.Close()
+			admLn.Close()
+			for _, l := range fwd.lns {
+				l.Close()
+			}
+			return fmt.Errorf("tcp forward %s=%s: %w", f.Listen, f.Authority, err)
+		}
+		fwd.lns = append(fwd.lns, ln)
+		p.TCPForwards = append(p.TCPForwards, ln.Addr())
+	}
 	p.Inbound, p.Outbound, p.Admin = inLn.Addr(), outLn.Addr(), admLn.Addr()
 	close(p.listening)
 
@@ -226,6 +252,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if err := p.client.CertifyUntilDone(ctx); err != nil {
 		inLn.Close()
 		outLn.Close()
+		fwd.close(ctx)
 		if ctx.Err() != nil {
 			return nil // stopped before it was certified: nothing to drain
 		}
@@ -257,6 +284,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	go acc.run()
 	go inbound.Serve(acc)
 	go outbound.Serve(outLn)
+	for i, ln := range fwd.lns {
+		go p.serveTCPForward(bg, fwd, ln, p.opts.TCPForwards[i].Authority)
+	}
 
 	select {
 	case <-policyReady:
@@ -273,6 +303,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(context.Background(), p.opts.DrainTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		fwd.close(dctx)
+	}()
 	for _, s := range []*http.Server{inbound, outbound} {
 		wg.Add(1)
 		go func() {
