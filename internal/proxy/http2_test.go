@@ -271,6 +271,28 @@ func TestGRPCThroughTwoSidecars(t *testing.T) {
 			t.Errorf("stream trailer x-count = %q, want [3]", tr)
 		}
 	})
+	t.Run("the sidecar's own refusal is a gRPC status", func(t *testing.T) {
+		nowhere, err := grpc.NewClient("passthrough:///"+client.p.Outbound.String(),
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithAuthority("nowhere.bookstore:14001"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nowhere.Close()
+		var trailer metadata.MD // a trailers-only answer: its headers are the trailer
+		err = nowhere.Invoke(ctx, "/trellis.test.Books/Get", wrapperspb.String("moby-dick"), new(wrapperspb.StringValue), grpc.Trailer(&trailer))
+		st := status.Convert(err)
+		if st.Code() != codes.PermissionDenied || !strings.HasPrefix(st.Message(), "trellis: egress_denied: ") {
+			t.Errorf("call to an unknown service = %v; want PermissionDenied %q...", err, "trellis: egress_denied: ")
+		}
+		if got := trailer.Get("x-trellis-reason"); len(got) != 1 || got[0] != "egress_denied" {
+			t.Errorf("x-trellis-reason = %q, want [egress_denied]", got)
+		}
+		labels := map[string]string{"direction": "outbound", "response_code": "403", "reason": "egress_denied", "grpc_status": "7"}
+		if n := client.requestCount(t, labels); n != 1 {
+			t.Errorf("trellis_requests_total%v = %v, want 1", labels, n)
+		}
+	})
 	t.Run("grpc_status in metrics", func(t *testing.T) {
 		for _, s := range []struct {
 			sc        *sidecar

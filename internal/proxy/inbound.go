@@ -106,6 +106,9 @@ func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 	e.Source = src
 	status, reason, n, route := p.inbound(w, r, pol, src, &l)
 	l.ResponseCode, l.Reason, l.Route = statusText(status), reason, route
+	if reason != "" && isGRPC(r) {
+		l.GRPCStatus = statusTexts[reasonGRPCCode(reason)]
+	}
 	d := time.Since(start)
 	p.metrics.Request(l, d)
 	if p.access != nil {
@@ -116,17 +119,17 @@ func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 
 func (p *Proxy) inbound(w http.ResponseWriter, r *http.Request, pol *authz.Policy, src string, l *telemetry.Labels) (int, string, int64, string) {
 	if pol == nil {
-		refuse(w, http.StatusServiceUnavailable, ReasonNotReady, "the sidecar has no inbound policy from the control plane yet")
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonNotReady, "the sidecar has no inbound policy from the control plane yet")
 		return http.StatusServiceUnavailable, ReasonNotReady, 0, ""
 	}
 	d := pol.AllowHTTP(src, r)
 	rule := d.Rule
 	if !d.Allowed {
-		refuse(w, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s may not call %s: no TrafficTarget allows %s %s", src, pol.Config().GetIdentity(), r.Method, r.URL.Path))
+		refuseRequest(w, r, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s may not call %s: no TrafficTarget allows %s %s", src, pol.Config().GetIdentity(), r.Method, r.URL.Path))
 		return http.StatusForbidden, ReasonDenied, 0, ""
 	}
 	if p.opts.AppAddr == "" {
-		refuse(w, http.StatusServiceUnavailable, ReasonAppUnreachable, "this workload's app serves nothing")
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonAppUnreachable, "this workload's app serves nothing")
 		return http.StatusServiceUnavailable, ReasonAppUnreachable, 0, rule
 	}
 	out := r.Clone(r.Context())
@@ -143,7 +146,7 @@ func (p *Proxy) inbound(w http.ResponseWriter, r *http.Request, pol *authz.Polic
 	upgrade := prepareRequest(out.Header)
 	resp, err := tr.RoundTrip(out)
 	if err != nil {
-		refuse(w, http.StatusServiceUnavailable, ReasonAppUnreachable, fmt.Sprintf("app at %s: %v", p.opts.AppAddr, err))
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonAppUnreachable, fmt.Sprintf("app at %s: %v", p.opts.AppAddr, err))
 		return http.StatusServiceUnavailable, ReasonAppUnreachable, 0, rule
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {

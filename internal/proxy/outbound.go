@@ -70,6 +70,9 @@ func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
 	e.Source = p.creds.ID().String()
 	status, reason, sent, route := p.outbound(w, r, &e, &l)
 	l.ResponseCode, l.Reason, l.Route = statusText(status), reason, route
+	if reason != "" && isGRPC(r) {
+		l.GRPCStatus = statusTexts[reasonGRPCCode(reason)]
+	}
 	d := time.Since(start)
 	p.metrics.Request(l, d)
 	if p.access != nil {
@@ -84,18 +87,18 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	h2 := r.ProtoMajor == 2
 	switch {
 	case h2 && r.Method == http.MethodConnect:
-		refuse(w, http.StatusBadRequest, ReasonBadRequest, "CONNECT over HTTP/2 is not supported: send it over HTTP/1.1")
+		refuseRequest(w, r, http.StatusBadRequest, ReasonBadRequest, "CONNECT over HTTP/2 is not supported: send it over HTTP/1.1")
 		return http.StatusBadRequest, ReasonBadRequest, 0, ""
 	case h2:
 		// HTTP/2 with prior knowledge (h2c): the app dialed this listener
 		// directly and names the service in :authority.
 	case r.Method != http.MethodConnect:
 		if !r.URL.IsAbs() {
-			refuse(w, http.StatusBadRequest, ReasonBadRequest, "this is the outbound proxy: send absolute-form requests (set HTTP_PROXY)")
+			refuseRequest(w, r, http.StatusBadRequest, ReasonBadRequest, "this is the outbound proxy: send absolute-form requests (set HTTP_PROXY)")
 			return http.StatusBadRequest, ReasonBadRequest, 0, ""
 		}
 		if r.URL.Scheme != "http" {
-			refuse(w, http.StatusBadRequest, ReasonBadRequest, "only http:// URLs go through the proxy as requests; use CONNECT for TLS")
+			refuseRequest(w, r, http.StatusBadRequest, ReasonBadRequest, "only http:// URLs go through the proxy as requests; use CONNECT for TLS")
 			return http.StatusBadRequest, ReasonBadRequest, 0, ""
 		}
 		authority = r.URL.Host
@@ -106,13 +109,13 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	dst := p.dests.get(authority)
 	rt := dst.wait(r.Context(), p.opts.FirstConfigTimeout)
 	if rt == nil {
-		refuse(w, http.StatusServiceUnavailable, ReasonNoConfig, "no configuration for "+authority+" from the control plane yet")
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonNoConfig, "no configuration for "+authority+" from the control plane yet")
 		return http.StatusServiceUnavailable, ReasonNoConfig, 0, ""
 	}
 	if !rt.msg.GetFound() {
 		pol := p.policy.Load()
 		if pol == nil || !pol.Config().GetEgress() {
-			refuse(w, http.StatusForbidden, ReasonEgressDenied, rt.msg.GetReason()+", and egress is disabled in the mesh config")
+			refuseRequest(w, r, http.StatusForbidden, ReasonEgressDenied, rt.msg.GetReason()+", and egress is disabled in the mesh config")
 			return http.StatusForbidden, ReasonEgressDenied, 0, ""
 		}
 		l.DestinationService = authority
@@ -122,17 +125,17 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	route = "default"
 	b := rt.pick()
 	if b == nil {
-		refuse(w, http.StatusServiceUnavailable, ReasonNoEndpoints, rt.msg.GetService()+" has no backend with a positive weight")
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonNoEndpoints, rt.msg.GetService()+" has no backend with a positive weight")
 		return http.StatusServiceUnavailable, ReasonNoEndpoints, 0, route
 	}
 	ep, done := b.endpoint(r)
 	if ep == nil {
-		refuse(w, http.StatusServiceUnavailable, ReasonNoEndpoints, b.msg.GetName()+" has no ready endpoint")
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonNoEndpoints, b.msg.GetName()+" has no ready endpoint")
 		return http.StatusServiceUnavailable, ReasonNoEndpoints, 0, route
 	}
 	me := p.creds.ID().String()
 	if !b.allows(me) {
-		refuse(w, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s is not allowed to call %s: no TrafficTarget allows it", me, b.msg.GetName()))
+		refuseRequest(w, r, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s is not allowed to call %s: no TrafficTarget allows it", me, b.msg.GetName()))
 		return http.StatusForbidden, ReasonDenied, 0, route
 	}
 	l.DestinationWorkload, l.DestinationNamespace = ep.GetWorkload(), ep.GetNamespace()
@@ -165,7 +168,7 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	resp, err := tr.RoundTrip(out)
 	if err != nil {
 		done(time.Since(picked), true)
-		return p.upstreamError(w, err, ep, route)
+		return p.upstreamError(w, r, err, ep, route)
 	}
 	// The balancer learns the time to the response headers: what the endpoint
 	// controls, not how long the caller takes to read the body.
@@ -179,17 +182,17 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	return st, "", n, route
 }
 
-func (p *Proxy) upstreamError(w http.ResponseWriter, err error, ep *proxyv1.Endpoint, route string) (int, string, int64, string) {
+func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error, ep *proxyv1.Endpoint, route string) (int, string, int64, string) {
 	var mismatch *spiffe.IdentityMismatchError
 	switch {
 	case errors.As(err, &mismatch):
-		refuse(w, http.StatusServiceUnavailable, ReasonIdentityMismatch, fmt.Sprintf("endpoint %s presented %s, not %s", ep.GetAddress(), mismatch.Got, mismatch.Want))
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonIdentityMismatch, fmt.Sprintf("endpoint %s presented %s, not %s", ep.GetAddress(), mismatch.Got, mismatch.Want))
 		return http.StatusServiceUnavailable, ReasonIdentityMismatch, 0, route
 	case errors.Is(err, context.DeadlineExceeded):
-		refuse(w, http.StatusGatewayTimeout, ReasonTimeout, "the request timeout passed before "+ep.GetAddress()+" answered")
+		refuseRequest(w, r, http.StatusGatewayTimeout, ReasonTimeout, "the request timeout passed before "+ep.GetAddress()+" answered")
 		return http.StatusGatewayTimeout, ReasonTimeout, 0, route
 	}
-	refuse(w, http.StatusServiceUnavailable, ReasonUpstreamUnreachable, fmt.Sprintf("endpoint %s (%s): %v", ep.GetAddress(), ep.GetWorkload(), err))
+	refuseRequest(w, r, http.StatusServiceUnavailable, ReasonUpstreamUnreachable, fmt.Sprintf("endpoint %s (%s): %v", ep.GetAddress(), ep.GetWorkload(), err))
 	return http.StatusServiceUnavailable, ReasonUpstreamUnreachable, 0, route
 }
 
@@ -272,7 +275,7 @@ func (p *Proxy) dialPeer(ctx context.Context, ep *proxyv1.Endpoint, to *proxyv1.
 func (p *Proxy) tunnel(w http.ResponseWriter, ep *proxyv1.Endpoint, to *proxyv1.Timeouts, l telemetry.Labels) (int, string, int64) {
 	up, err := p.dialPeer(context.Background(), ep, to, alpnTCP)
 	if err != nil {
-		st, rsn, n, _ := p.upstreamError(w, err, ep, "")
+		st, rsn, n, _ := p.upstreamError(w, nil, err, ep, "")
 		return st, rsn, n
 	}
 	return p.splice(w, up, l)
@@ -283,7 +286,7 @@ func (p *Proxy) egress(w http.ResponseWriter, r *http.Request, authority string)
 	if r.Method == http.MethodConnect {
 		up, err := net.DialTimeout("tcp", authority, 5*time.Second)
 		if err != nil {
-			refuse(w, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
+			refuseRequest(w, r, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
 			return http.StatusBadGateway, ReasonUpstreamUnreachable, 0, ""
 		}
 		st, rsn, n := p.splice(w, up, telemetry.Labels{Direction: "outbound", TLS: "false", DestinationService: authority})
@@ -300,7 +303,7 @@ func (p *Proxy) egress(w http.ResponseWriter, r *http.Request, authority string)
 	upgrade := prepareRequest(out.Header)
 	resp, err := tr.RoundTrip(out)
 	if err != nil {
-		refuse(w, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
+		refuseRequest(w, r, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
 		return http.StatusBadGateway, ReasonUpstreamUnreachable, 0, ""
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {

@@ -147,6 +147,54 @@ func TestPrepareRequest(t *testing.T) {
 	}
 }
 
+func TestIsGRPC(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"application/grpc": true, "application/grpc+proto": true, "application/grpc;charset=utf-8": true,
+		"application/grpc-web": false, "application/grpcx": false, "application/json": false, "": false,
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/trellis.test.Books/Get", nil)
+		if ct != "" {
+			r.Header.Set("Content-Type", ct)
+		}
+		if got := isGRPC(r); got != want {
+			t.Errorf("isGRPC(Content-Type %q) = %v, want %v", ct, got, want)
+		}
+	}
+}
+
+func TestRefuseRequestGRPC(t *testing.T) {
+	r := httptest.NewRequest(http.MethodPost, "/trellis.test.Books/Get", nil)
+	r.Header.Set("Content-Type", "application/grpc")
+	w := httptest.NewRecorder()
+	refuseRequest(w, r, http.StatusServiceUnavailable, ReasonNoEndpoints, "bookstore.bookstore has no ready endpoint, 100% down")
+	resp := w.Result()
+	want := http.Header{
+		"X-Trellis-Reason": {"no_endpoints"},
+		"Content-Type":     {"application/grpc"},
+		"Grpc-Status":      {"14"},
+		"Grpc-Message":     {"trellis: no_endpoints: bookstore.bookstore has no ready endpoint, 100%25 down"},
+	}
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("status = %d, want 503", resp.StatusCode)
+	}
+	if diff := cmp.Diff(want, resp.Header); diff != "" {
+		t.Errorf("headers (-want +got):\n%s", diff)
+	}
+	if w.Body.Len() != 0 {
+		t.Errorf("body = %q, want none (a trailers-only gRPC answer)", w.Body.String())
+	}
+}
+
+func TestPercentEncode(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain text": "plain text", "50%": "50%25", "línea\n": "l%C3%ADnea%0A", "": "",
+	} {
+		if got := percentEncode(in); got != want {
+			t.Errorf("percentEncode(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
 func TestGRPCStatusLabel(t *testing.T) {
 	for in, want := range map[string]string{
 		"0": "0", "5": "5", "14": "14", "16": "16",

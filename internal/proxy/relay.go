@@ -126,28 +126,6 @@ func copyResponse(w http.ResponseWriter, resp *http.Response) (status int, n int
 	return resp.StatusCode, n, grpc
 }
 
-// grpcStatusLabel maps a grpc-status value to a label value from a fixed set,
-// so that a peer cannot grow the number of series: the codes 0 to 16 as
-// decimal, else "unknown".
-func grpcStatusLabel(v string) string {
-	n := 0
-	switch len(v) {
-	case 1:
-		n = int(v[0]) - '0'
-	case 2:
-		if v[0] < '0' || v[0] > '9' || v[1] < '0' || v[1] > '9' || v[0] == '0' {
-			return "unknown"
-		}
-		n = int(v[0]-'0')*10 + int(v[1]-'0')
-	default:
-		return "unknown"
-	}
-	if n < 0 || n > 16 {
-		return "unknown"
-	}
-	return statusTexts[n]
-}
-
 type flushWriter struct {
 	w  io.Writer
 	rc *http.ResponseController
