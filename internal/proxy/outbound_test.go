@@ -208,3 +208,54 @@ func TestGRPCStatusLabel(t *testing.T) {
 		t.Errorf("grpcStatusLabel allocates %v times per call, want 0", n)
 	}
 }
+
+func TestPrepareRequestAllocations(t *testing.T) {
+	base := http.Header{
+		"Connection": {"keep-alive"}, "Keep-Alive": {"timeout=5"}, "Proxy-Connection": {"keep-alive"},
+		"User-Agent": {"bookbuyer/1.0"}, "Accept": {"*/*"},
+	}
+	h := http.Header{}
+	n := testing.AllocsPerRun(100, func() {
+		for k, v := range base {
+			h[k] = v
+		}
+		prepareRequest(h)
+	})
+	if n != 0 {
+		t.Errorf("prepareRequest of a plain keep-alive request allocates %v times, want 0", n)
+	}
+}
+
+// FuzzPrepareRequest checks that whatever headers a client sends, no
+// hop-by-hop header survives but the ones forwarded on purpose.
+func FuzzPrepareRequest(f *testing.F) {
+	f.Add("keep-alive, Upgrade", "websocket", "trailers", "X-Hop")
+	f.Add("X-Hop,,  x-hop , close", "", "gzip, trailers", "x-hop")
+	f.Add("", "h2c", "", "")
+	f.Fuzz(func(t *testing.T, connection, upgrade, te, other string) {
+		h := http.Header{"Connection": {connection}, "Upgrade": {upgrade}, "Te": {te}, "Keep-Alive": {"1"}, "Transfer-Encoding": {"chunked"}}
+		if other != "" {
+			h[http.CanonicalHeaderKey(other)] = []string{"v"}
+		}
+		up := prepareRequest(h)
+		for _, k := range []string{"Keep-Alive", "Transfer-Encoding", "Proxy-Connection", "Trailer"} {
+			if _, ok := h[k]; ok {
+				t.Errorf("%s survived", k)
+			}
+		}
+		if up != "" && (len(h["Connection"]) != 1 || h["Connection"][0] != "Upgrade" || h.Get("Upgrade") != up) {
+			t.Errorf("upgrade %q forwarded with Connection %q, Upgrade %q", up, h["Connection"], h["Upgrade"])
+		}
+		if up == "" {
+			if _, ok := h["Upgrade"]; ok {
+				t.Errorf("Upgrade %q survived without a switch", h["Upgrade"])
+			}
+			if _, ok := h["Connection"]; ok {
+				t.Errorf("Connection %q survived without a switch", h["Connection"])
+			}
+		}
+		if v, ok := h["Te"]; ok && (len(v) != 1 || v[0] != "trailers") {
+			t.Errorf("Te %q survived", v)
+		}
+	})
+}

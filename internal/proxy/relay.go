@@ -21,9 +21,13 @@ func removeHopHeaders(h http.Header) {
 		for f != "" {
 			var name string
 			name, f, _ = strings.Cut(f, ",")
-			if name = strings.TrimSpace(name); name != "" {
-				h.Del(name)
+			name = strings.TrimSpace(name)
+			// The common options name no header, or one deleted below
+			// anyway; skipping them spares Del's canonicalizing copy.
+			if name == "" || strings.EqualFold(name, "keep-alive") || strings.EqualFold(name, "close") || strings.EqualFold(name, "upgrade") {
+				continue
 			}
+			h.Del(name)
 		}
 	}
 	for _, name := range hopHeaders {
