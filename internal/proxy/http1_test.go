@@ -432,3 +432,75 @@ func TestWebSocketThroughTwoSidecars(t *testing.T) {
 		})
 	}
 }
+
+func TestHTTP1FullDuplexThroughTwoSidecars(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/" {
+			return
+		}
+		// Answer each line of the request body as it comes, while the
+		// client is still sending.
+		rc := http.NewResponseController(w)
+		if err := rc.EnableFullDuplex(); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		sc := bufio.NewScanner(r.Body)
+		for sc.Scan() {
+			io.WriteString(w, "pong "+strings.TrimPrefix(sc.Text(), "ping ")+"\n")
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	m := newMesh(t, permissiveMesh)
+	m.sidecar(sidecarSpec{reg: bookstoreReg("bookstore-v1", "bookstore"), app: srv.Listener.Addr().String(), ready: true})
+	client := m.sidecar(sidecarSpec{reg: bookbuyerReg()})
+	client.getUntil(t, bookstoreURL+"/", statusIs(http.StatusOK))
+
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	req, _ := http.NewRequest(http.MethodPost, bookstoreURL+"/pingpong", pr)
+	type result struct {
+		resp *http.Response
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		resp, err := client.client.Do(req)
+		res <- result{resp, err}
+	}()
+	io.WriteString(pw, "ping 1\n")
+	var r result
+	select {
+	case r = <-res:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no response headers while the request body is open: the sidecars do not relay both directions at once")
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer r.resp.Body.Close()
+	br := bufio.NewReader(r.resp.Body)
+	for i := 1; i <= 3; i++ {
+		if i > 1 {
+			fmt.Fprintf(pw, "ping %d\n", i)
+		}
+		line := make(chan string, 1)
+		go func() { l, _ := br.ReadString('\n'); line <- l }()
+		select {
+		case got := <-line:
+			if want := fmt.Sprintf("pong %d\n", i); got != want {
+				t.Fatalf("answer %d = %q, want %q", i, got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no answer to ping %d while the request body is open", i)
+		}
+	}
+	pw.Close()
+	if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
+		t.Errorf("after the request body closed: %q, %v; want EOF", rest, err)
+	}
+}

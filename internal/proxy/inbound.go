@@ -144,6 +144,7 @@ func (p *Proxy) inbound(w http.ResponseWriter, r *http.Request, pol *authz.Polic
 		tr = p.appH2
 	}
 	upgrade := prepareRequest(out.Header)
+	enableFullDuplex(w, r)
 	resp, err := tr.RoundTrip(out)
 	if err != nil {
 		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonAppUnreachable, fmt.Sprintf("app at %s: %v", p.opts.AppAddr, err))

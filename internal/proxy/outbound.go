@@ -165,6 +165,7 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 		out.URL.Scheme, out.URL.Host = "https", authority
 	}
 	upgrade := prepareRequest(out.Header)
+	enableFullDuplex(w, r)
 	resp, err := tr.RoundTrip(out)
 	if err != nil {
 		done(time.Since(picked), true)

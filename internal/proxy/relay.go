@@ -58,6 +58,17 @@ func prepareRequest(h http.Header) (upgrade string) {
 	return upgrade
 }
 
+// enableFullDuplex lets an HTTP/1.1 handler write the response while the
+// request body is still arriving (net/http otherwise reads the rest of the
+// body first), so that the sidecar relays both directions at once as the app
+// and its peer do. HTTP/2 is full duplex already; a request without a body
+// needs nothing.
+func enableFullDuplex(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 1 && r.ContentLength != 0 {
+		http.NewResponseController(w).EnableFullDuplex()
+	}
+}
+
 // hasToken says whether any of the comma-separated values holds token, in any case.
 func hasToken(values []string, token string) bool {
 	for _, v := range values {
