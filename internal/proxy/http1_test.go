@@ -504,3 +504,70 @@ func TestHTTP1FullDuplexThroughTwoSidecars(t *testing.T) {
 		t.Errorf("after the request body closed: %q, %v; want EOF", rest, err)
 	}
 }
+
+func TestDrainWaitsForThenClosesSwitchedConnections(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/ws" {
+			return
+		}
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		for {
+			typ, b, err := c.Read(r.Context())
+			if err != nil || c.Write(r.Context(), typ, b) != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	m := newMesh(t, permissiveMesh)
+	m.sidecar(sidecarSpec{reg: bookstoreReg("bookstore-v1", "bookstore"), app: srv.Listener.Addr().String(), ready: true})
+	client := m.sidecar(sidecarSpec{reg: bookbuyerReg()})
+	client.getUntil(t, bookstoreURL+"/", statusIs(http.StatusOK))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://bookstore.bookstore:14001/ws", &websocket.DialOptions{HTTPClient: &http.Client{Transport: client.client.Transport}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	echo := func(msg string) error {
+		if err := c.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+			return err
+		}
+		_, b, err := c.Read(ctx)
+		if err == nil && string(b) != msg {
+			err = fmt.Errorf("echo %q, want %q", b, msg)
+		}
+		return err
+	}
+	if err := echo("before"); err != nil {
+		t.Fatal(err)
+	}
+
+	// SIGTERM to the client sidecar: the switched connection keeps working
+	// while the sidecar drains, and is closed when the drain timeout (5s in
+	// these tests) is up, before Run returns.
+	stopped := time.Now()
+	client.cancel()
+	time.Sleep(500 * time.Millisecond)
+	if err := echo("while draining"); err != nil {
+		t.Errorf("during the drain: %v; want the connection to keep working", err)
+	}
+	if err := client.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(stopped); d < 4*time.Second {
+		t.Errorf("Run returned %v after the stop, want it to wait for the open connection up to the 5s drain timeout", d)
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer rcancel()
+	if _, _, err := c.Read(rctx); err == nil || rctx.Err() != nil {
+		t.Errorf("after Run returned, reading the connection = %v (deadline passed: %v); want it closed by the sidecar", err, rctx.Err() != nil)
+	}
+}

@@ -151,7 +151,7 @@ func (p *Proxy) inbound(w http.ResponseWriter, r *http.Request, pol *authz.Polic
 		return http.StatusServiceUnavailable, ReasonAppUnreachable, 0, rule
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {
-		st, n := switchProtocols(w, resp, upgrade)
+		st, n := p.switchProtocols(w, resp, upgrade)
 		return st, "", n, rule
 	}
 	st, n, grpc := copyResponse(w, resp)
@@ -190,6 +190,11 @@ func (p *Proxy) serveInboundTCP(tc *tls.Conn) {
 		tc.Close()
 		return
 	}
+	if !p.streams.add(tc) {
+		app.Close()
+		return
+	}
+	defer p.streams.done(tc)
 	p.metrics.ConnOpened(l)
 	sent, received := pipe(tc, app)
 	p.metrics.TCP(l, sent, received)

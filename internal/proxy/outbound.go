@@ -175,7 +175,7 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	// controls, not how long the caller takes to read the body.
 	done(time.Since(picked), resp.StatusCode >= 500)
 	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {
-		st, n := switchProtocols(w, resp, upgrade)
+		st, n := p.switchProtocols(w, resp, upgrade)
 		return st, "", n, route
 	}
 	st, n, grpc := copyResponse(w, resp)
@@ -308,7 +308,7 @@ func (p *Proxy) egress(w http.ResponseWriter, r *http.Request, authority string)
 		return http.StatusBadGateway, ReasonUpstreamUnreachable, 0, ""
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {
-		st, n := switchProtocols(w, resp, upgrade)
+		st, n := p.switchProtocols(w, resp, upgrade)
 		return st, "", n, ""
 	}
 	st, n, _ := copyResponse(w, resp)
@@ -327,6 +327,11 @@ func (p *Proxy) splice(w http.ResponseWriter, up net.Conn, l telemetry.Labels) (
 		http.Error(w, "trellis: cannot take over the connection for a tunnel: "+err.Error(), http.StatusInternalServerError)
 		return http.StatusInternalServerError, "", 0
 	}
+	if !p.streams.add(down) {
+		up.Close()
+		return http.StatusServiceUnavailable, ReasonNotReady, 0
+	}
+	defer p.streams.done(down)
 	if _, err := brw.WriteString("HTTP/1.1 200 OK\r\n\r\n"); err != nil || brw.Flush() != nil {
 		down.Close()
 		up.Close()

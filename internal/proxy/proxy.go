@@ -121,6 +121,7 @@ type Proxy struct {
 
 	policy   atomic.Pointer[authz.Policy]
 	dests    *destinations
+	streams  *streams
 	draining atomic.Bool
 	ready    atomic.Bool
 
@@ -173,6 +174,7 @@ func New(o Options) (*Proxy, error) {
 		metrics:   telemetry.NewMetrics(),
 		log:       o.Logger,
 		upstreams: map[upstreamKey]*http.Transport{},
+		streams:   newStreams(),
 		listening: make(chan struct{}),
 		app: &http.Transport{
 			DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
@@ -221,19 +223,22 @@ func (p *Proxy) Run(ctx context.Context) error {
 		outLn.Close()
 		return fmt.Errorf("admin listener: %w", err)
 	}
-	fwd := &tcpForwards{conns: map[net.Conn]struct{}{}}
+	var fwdLns []net.Listener
+	closeFwd := func() {
+		for _, l := range fwdLns {
+			l.Close()
+		}
+	}
 	for _, f := range p.opts.TCPForwards {
 		ln, err := listen(f.Listen)
 		if err != nil {
 			inLn.Close()
 			outLn.Close()
 			admLn.Close()
-			for _, l := range fwd.lns {
-				l.Close()
-			}
+			closeFwd()
 			return fmt.Errorf("tcp forward %s=%s: %w", f.Listen, f.Authority, err)
 		}
-		fwd.lns = append(fwd.lns, ln)
+		fwdLns = append(fwdLns, ln)
 		p.TCPForwards = append(p.TCPForwards, ln.Addr())
 	}
 	p.Inbound, p.Outbound, p.Admin = inLn.Addr(), outLn.Addr(), admLn.Addr()
@@ -252,7 +257,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if err := p.client.CertifyUntilDone(ctx); err != nil {
 		inLn.Close()
 		outLn.Close()
-		fwd.close(ctx)
+		closeFwd()
 		if ctx.Err() != nil {
 			return nil // stopped before it was certified: nothing to drain
 		}
@@ -284,8 +289,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 	go acc.run()
 	go inbound.Serve(acc)
 	go outbound.Serve(outLn)
-	for i, ln := range fwd.lns {
-		go p.serveTCPForward(bg, fwd, ln, p.opts.TCPForwards[i].Authority)
+	for i, ln := range fwdLns {
+		go p.serveTCPForward(bg, ln, p.opts.TCPForwards[i].Authority)
 	}
 
 	select {
@@ -303,10 +308,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(context.Background(), p.opts.DrainTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
+	closeFwd()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		fwd.close(dctx)
+		p.streams.drain(dctx) // tunnels and switched connections, which the servers forgot
 	}()
 	for _, s := range []*http.Server{inbound, outbound} {
 		wg.Add(1)

@@ -159,7 +159,7 @@ func (f flushWriter) Write(b []byte) (int, error) {
 // connection, taken over from net/http, and the upstream one, until either
 // side ends. It returns the status written and the bytes sent downstream
 // after the switch.
-func switchProtocols(w http.ResponseWriter, resp *http.Response, upgrade string) (int, int64) {
+func (p *Proxy) switchProtocols(w http.ResponseWriter, resp *http.Response, upgrade string) (int, int64) {
 	up, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok || !strings.EqualFold(resp.Header.Get("Upgrade"), upgrade) {
 		resp.Body.Close()
@@ -172,6 +172,10 @@ func switchProtocols(w http.ResponseWriter, resp *http.Response, upgrade string)
 		refuse(w, http.StatusInternalServerError, ReasonUpgradeFailed, "cannot take over the connection to switch protocols: "+err.Error())
 		return http.StatusInternalServerError, 0
 	}
+	if !p.streams.add(down) {
+		return http.StatusServiceUnavailable, 0
+	}
+	defer p.streams.done(down)
 	defer down.Close()
 	removeHopHeaders(resp.Header)
 	resp.Header["Connection"] = []string{"Upgrade"}

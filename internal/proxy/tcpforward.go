@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/telemetry"
@@ -34,55 +33,15 @@ func ParseTCPForward(s string) (TCPForward, error) {
 	return TCPForward{Listen: listen, Authority: authority}, nil
 }
 
-// tcpForwards are the bound forward listeners and the connections they carry.
-type tcpForwards struct {
-	lns []net.Listener
-	wg  sync.WaitGroup
-
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-}
-
 // serveTCPForward accepts connections for one forward until the listener closes.
-func (p *Proxy) serveTCPForward(ctx context.Context, f *tcpForwards, ln net.Listener, authority string) {
+func (p *Proxy) serveTCPForward(ctx context.Context, ln net.Listener, authority string) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
-		f.mu.Lock()
-		f.conns[c] = struct{}{}
-		f.mu.Unlock()
-		f.wg.Add(1)
-		go func() {
-			defer f.wg.Done()
-			p.forwardTCP(ctx, c, authority)
-			f.mu.Lock()
-			delete(f.conns, c)
-			f.mu.Unlock()
-		}()
+		go p.forwardTCP(ctx, c, authority)
 	}
-}
-
-// close stops accepting, lets open connections finish until ctx ends, then
-// closes those left.
-func (f *tcpForwards) close(ctx context.Context) {
-	for _, ln := range f.lns {
-		ln.Close()
-	}
-	done := make(chan struct{})
-	go func() { f.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		return
-	case <-ctx.Done():
-	}
-	f.mu.Lock()
-	for c := range f.conns {
-		c.Close()
-	}
-	f.mu.Unlock()
-	<-done
 }
 
 // forwardTCP carries one app connection to a mesh destination as an opaque
@@ -139,6 +98,11 @@ func (p *Proxy) forwardTCP(ctx context.Context, down net.Conn, authority string)
 	// The balancer learns the time to connect, not how long the app keeps
 	// the connection.
 	done(time.Since(picked), false)
+	if !p.streams.add(down) {
+		up.Close()
+		return
+	}
+	defer p.streams.done(down)
 	p.metrics.ConnOpened(l)
 	sent, received := pipe(down, up)
 	p.metrics.TCP(l, sent, received)
