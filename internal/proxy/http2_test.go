@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -310,4 +311,72 @@ func TestGRPCThroughTwoSidecars(t *testing.T) {
 			}
 		}
 	})
+}
+
+// countingListener counts the connections it accepts.
+type countingListener struct {
+	net.Listener
+	accepted atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepted.Add(1)
+	}
+	return c, err
+}
+
+func TestGRPCCallsShareOneConnectionPerHop(t *testing.T) {
+	t.Parallel()
+	impl := &books{release: make(chan struct{})}
+	gs := grpc.NewServer()
+	gs.RegisterService(&booksDesc, impl)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	appLn := &countingListener{Listener: ln}
+	go gs.Serve(appLn)
+	t.Cleanup(gs.Stop)
+
+	m := newMesh(t, permissiveMesh)
+	inbound := freeAddr(t)
+	relay := startRelay(t, inbound)
+	m.sidecar(sidecarSpec{reg: withAddress(grpcReg("bookstore-v1"), relay.addr()), inbound: inbound, app: ln.Addr().String(), ready: true})
+	client := m.sidecar(sidecarSpec{reg: bookbuyerReg()})
+	cc, err := grpc.NewClient("passthrough:///"+client.p.Outbound.String(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithAuthority("bookstore.bookstore:14001"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	get := func() error {
+		return cc.Invoke(ctx, "/trellis.test.Books/Get", wrapperspb.String("moby-dick"), new(wrapperspb.StringValue))
+	}
+	eventually(t, 15*time.Second, get)
+	peerBefore, appBefore := relay.accepted.Load(), appLn.accepted.Load()
+
+	const calls = 50
+	errs := make(chan error, calls)
+	for range calls {
+		go func() { errs <- get() }()
+	}
+	for range calls {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent call: %v", err)
+		}
+	}
+	if got := relay.accepted.Load() - peerBefore; got != 0 {
+		t.Errorf("client sidecar to server sidecar: %d new connections for %d concurrent calls, want 0 (one HTTP/2 connection, multiplexed)", got, calls)
+	}
+	if got := appLn.accepted.Load() - appBefore; got != 0 {
+		t.Errorf("server sidecar to app: %d new connections for %d concurrent calls, want 0", got, calls)
+	}
+	if peerBefore != 1 || appBefore != 1 {
+		t.Errorf("connections after the first call: %d between the sidecars, %d to the app; want 1 each", peerBefore, appBefore)
+	}
 }
