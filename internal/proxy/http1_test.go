@@ -155,6 +155,7 @@ func TestHTTP1ChunkedBodiesStream(t *testing.T) {
 		contentLength    int64
 		transferEncoding []string
 		rest             string
+		trailer          string // the request's X-Sum trailer
 	}
 	sawc := make(chan saw, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -170,7 +171,7 @@ func TestHTTP1ChunkedBodiesStream(t *testing.T) {
 		// The first part arrives while the client still holds the body open.
 		firstLine <- line
 		rest, _ := io.ReadAll(br)
-		sawc <- saw{r.ContentLength, r.TransferEncoding, string(rest)}
+		sawc <- saw{r.ContentLength, r.TransferEncoding, string(rest), r.Trailer.Get("X-Sum")}
 		w.Header().Set("Trailer", "X-Checksum")
 		io.WriteString(w, "got "+line)
 		http.NewResponseController(w).Flush()
@@ -186,6 +187,7 @@ func TestHTTP1ChunkedBodiesStream(t *testing.T) {
 	pr, pw := io.Pipe()
 	t.Cleanup(func() { pw.Close() })
 	req, _ := http.NewRequest(http.MethodPost, bookstoreURL+"/upload", pr)
+	req.Trailer = http.Header{"X-Sum": nil} // announced now, its value set once the body is written
 	type result struct {
 		resp *http.Response
 		err  error
@@ -207,6 +209,7 @@ func TestHTTP1ChunkedBodiesStream(t *testing.T) {
 		t.Fatal("the app did not receive the first part of the body while the client held the rest: the body is not streamed")
 	}
 	io.WriteString(pw, "part two\n")
+	req.Trailer.Set("X-Sum", "18")
 	pw.Close()
 
 	r := <-res
@@ -217,6 +220,9 @@ func TestHTTP1ChunkedBodiesStream(t *testing.T) {
 	got := <-sawc
 	if got.contentLength != -1 || len(got.transferEncoding) != 1 || got.transferEncoding[0] != "chunked" || got.rest != "part two\n" {
 		t.Errorf("app saw Content-Length %d, Transfer-Encoding %v, rest %q; want a chunked body ending %q", got.contentLength, got.transferEncoding, got.rest, "part two\n")
+	}
+	if got.trailer != "18" {
+		t.Errorf("app saw request trailer X-Sum %q, want %q (trailers pass end to end)", got.trailer, "18")
 	}
 	if r.resp.ContentLength != -1 || len(r.resp.TransferEncoding) != 1 {
 		t.Errorf("response Content-Length %d, Transfer-Encoding %v; want chunked", r.resp.ContentLength, r.resp.TransferEncoding)
