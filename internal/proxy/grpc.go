@@ -17,6 +17,18 @@ func isGRPC(r *http.Request) bool {
 		(len(ct[0]) == len("application/grpc") || ct[0][len("application/grpc")] == '+' || ct[0][len("application/grpc")] == ';')
 }
 
+// protocolName names r's protocol for the access log: "gRPC", "HTTP/2", or
+// the request's own "HTTP/1.1" or "HTTP/1.0".
+func protocolName(r *http.Request) string {
+	switch {
+	case isGRPC(r):
+		return "gRPC"
+	case r.ProtoMajor == 2:
+		return "HTTP/2"
+	}
+	return r.Proto
+}
+
 // grpcStatusLabel maps a grpc-status value to a label value from a fixed set,
 // so that a peer cannot grow the number of series: the codes 0 to 16 as
 // decimal, else "unknown".

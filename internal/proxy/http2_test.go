@@ -163,6 +163,25 @@ var booksDesc = grpc.ServiceDesc{
 		},
 	}},
 	Streams: []grpc.StreamDesc{{
+		// Chat answers each message as it comes, upper-cased: both
+		// directions at once.
+		StreamName:    "Chat",
+		ServerStreams: true,
+		ClientStreams: true,
+		Handler: func(_ any, stream grpc.ServerStream) error {
+			for {
+				in := new(wrapperspb.StringValue)
+				if err := stream.RecvMsg(in); err == io.EOF {
+					return nil
+				} else if err != nil {
+					return err
+				}
+				if err := stream.SendMsg(wrapperspb.String(strings.ToUpper(in.GetValue()))); err != nil {
+					return err
+				}
+			}
+		},
+	}, {
 		StreamName:    "List",
 		ServerStreams: true,
 		Handler: func(srv any, stream grpc.ServerStream) error {
@@ -294,12 +313,51 @@ func TestGRPCThroughTwoSidecars(t *testing.T) {
 			t.Errorf("trellis_requests_total%v = %v, want 1", labels, n)
 		}
 	})
+	t.Run("bidirectional streaming, large messages", func(t *testing.T) {
+		stream, err := cc.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, "/trellis.test.Books/Chat")
+		if err != nil {
+			t.Fatal(err)
+		}
+		large := strings.Repeat("moby dick ", 200_000) // 2 MB: many HTTP/2 frames and window updates on each hop
+		for _, msg := range []string{"call me ishmael", large, "the end"} {
+			if err := stream.SendMsg(wrapperspb.String(msg)); err != nil {
+				t.Fatal(err)
+			}
+			// The answer comes before the client has finished sending.
+			got := new(wrapperspb.StringValue)
+			if err := stream.RecvMsg(got); err != nil || got.GetValue() != strings.ToUpper(msg) {
+				t.Fatalf("answer of %d bytes (%.20q), %v; want the %d-byte message upper-cased", len(got.GetValue()), got.GetValue(), err, len(msg))
+			}
+		}
+		if err := stream.CloseSend(); err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.RecvMsg(new(wrapperspb.StringValue)); err != io.EOF {
+			t.Errorf("after CloseSend: %v, want io.EOF (status OK)", err)
+		}
+	})
+	t.Run("access log names the protocol", func(t *testing.T) {
+		for _, s := range []*sidecar{client, server} {
+			var grpcLines int
+			for _, l := range s.accessLines(t) {
+				if l["path"] == "/trellis.test.Books/Get" && l["status"] == 200.0 {
+					if l["protocol"] != "gRPC" {
+						t.Errorf("sidecar of %s logged protocol %v for a gRPC call, want gRPC", s.id, l["protocol"])
+					}
+					grpcLines++
+				}
+			}
+			if grpcLines < 2 {
+				t.Errorf("sidecar of %s logged %d gRPC calls to Get, want at least 2:\n%s", s.id, grpcLines, s.access.String())
+			}
+		}
+	})
 	t.Run("grpc_status in metrics", func(t *testing.T) {
 		for _, s := range []struct {
 			sc        *sidecar
 			direction string
 		}{{client, "outbound"}, {server, "inbound"}} {
-			for code, atLeast := range map[string]float64{"0": 3, "5": 1} {
+			for code, atLeast := range map[string]float64{"0": 4, "5": 1} {
 				labels := map[string]string{"direction": s.direction, "response_code": "200", "grpc_status": code, "reason": "", "tls": "true"}
 				if n := s.sc.requestCount(t, labels); n < atLeast {
 					t.Errorf("%s sidecar: trellis_requests_total%v = %v, want at least %v", s.direction, labels, n, atLeast)

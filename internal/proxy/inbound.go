@@ -90,7 +90,7 @@ func (a *tlsAcceptor) Addr() net.Addr { return a.ln.Addr() }
 func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	l := telemetry.Labels{Direction: "inbound", TLS: "true", Route: ""}
-	e := telemetry.Entry{Direction: "inbound", Method: r.Method, Protocol: r.Proto, Authority: r.Host, Path: r.URL.Path, UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Request-Id")}
+	e := telemetry.Entry{Direction: "inbound", Method: r.Method, Protocol: protocolName(r), Authority: r.Host, Path: r.URL.Path, UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Request-Id")}
 	pol := p.policy.Load()
 	if pol != nil {
 		l.DestinationWorkload, l.DestinationNamespace = pol.Config().GetWorkload(), pol.Config().GetNamespace()

@@ -62,7 +62,7 @@ func hostPort(authority, port string) string {
 // serveOutbound handles the app's requests: absolute-form HTTP and CONNECT.
 func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	e := telemetry.Entry{Direction: "outbound", Method: r.Method, Protocol: r.Proto, UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Request-Id")}
+	e := telemetry.Entry{Direction: "outbound", Method: r.Method, Protocol: protocolName(r), UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Request-Id")}
 	l := telemetry.Labels{Direction: "outbound", TLS: "true"}
 	if pol := p.policy.Load(); pol != nil {
 		l.SourceWorkload, l.SourceNamespace = pol.Config().GetWorkload(), pol.Config().GetNamespace()
