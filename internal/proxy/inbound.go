@@ -150,13 +150,9 @@ func (p *Proxy) inbound(w http.ResponseWriter, r *http.Request, pol *authz.Polic
 		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonAppUnreachable, fmt.Sprintf("app at %s: %v", p.opts.AppAddr, err))
 		return http.StatusServiceUnavailable, ReasonAppUnreachable, 0, rule
 	}
-	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {
-		st, n := p.switchProtocols(w, resp, upgrade)
-		return st, "", n, rule
-	}
-	st, n, grpc := copyResponse(w, resp)
+	st, rsn, n, grpc := p.relay(w, resp, upgrade)
 	l.GRPCStatus = grpc
-	return st, "", n, rule
+	return st, rsn, n, rule
 }
 
 // serveInboundTCP authorizes a peer's TCP tunnel and splices it to the app.

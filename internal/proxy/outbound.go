@@ -174,13 +174,9 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	// The balancer learns the time to the response headers: what the endpoint
 	// controls, not how long the caller takes to read the body.
 	done(time.Since(picked), resp.StatusCode >= 500)
-	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {
-		st, n := p.switchProtocols(w, resp, upgrade)
-		return st, "", n, route
-	}
-	st, n, grpc := copyResponse(w, resp)
+	st, rsn, n, grpc := p.relay(w, resp, upgrade)
 	l.GRPCStatus = grpc
-	return st, "", n, route
+	return st, rsn, n, route
 }
 
 func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error, ep *proxyv1.Endpoint, route string) (int, string, int64, string) {
@@ -307,12 +303,8 @@ func (p *Proxy) egress(w http.ResponseWriter, r *http.Request, authority string)
 		refuseRequest(w, r, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
 		return http.StatusBadGateway, ReasonUpstreamUnreachable, 0, ""
 	}
-	if resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {
-		st, n := p.switchProtocols(w, resp, upgrade)
-		return st, "", n, ""
-	}
-	st, n, _ := copyResponse(w, resp)
-	return st, "", n, ""
+	st, rsn, n, _ := p.relay(w, resp, upgrade)
+	return st, rsn, n, ""
 }
 
 // splice answers a CONNECT with 200 and copies bytes both ways until both

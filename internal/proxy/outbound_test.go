@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -258,4 +260,43 @@ func FuzzPrepareRequest(f *testing.F) {
 			t.Errorf("Te %q survived", v)
 		}
 	})
+}
+
+// rwc is an upgraded connection's body as net/http's transport hands it over.
+type rwc struct {
+	io.Reader
+	io.Writer
+}
+
+func (rwc) Close() error { return nil }
+
+func TestRelayRefusesASwitchNotAskedFor(t *testing.T) {
+	tests := []struct {
+		name      string
+		upgrade   string // what the request asked for
+		switchTo  string // what the upstream answered
+		wantCode  int
+		wantInMsg string
+	}{
+		{name: "no upgrade asked", upgrade: "", switchTo: "websocket", wantCode: http.StatusBadGateway, wantInMsg: "did not ask for"},
+		{name: "another protocol", upgrade: "websocket", switchTo: "h2c", wantCode: http.StatusBadGateway, wantInMsg: "switched to h2c, not the websocket"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &Proxy{streams: newStreams()}
+			resp := &http.Response{
+				StatusCode: http.StatusSwitchingProtocols,
+				Header:     http.Header{"Connection": {"Upgrade"}, "Upgrade": {tt.switchTo}},
+				Body:       rwc{strings.NewReader(""), io.Discard},
+			}
+			w := httptest.NewRecorder()
+			st, reason, _, _ := p.relay(w, resp, tt.upgrade)
+			if st != tt.wantCode || reason != ReasonUpgradeFailed || w.Code != tt.wantCode {
+				t.Errorf("relay = %d %q, wrote %d; want %d %s", st, reason, w.Code, tt.wantCode, ReasonUpgradeFailed)
+			}
+			if !strings.Contains(w.Body.String(), tt.wantInMsg) {
+				t.Errorf("body %q does not say %q", w.Body.String(), tt.wantInMsg)
+			}
+		})
+	}
 }

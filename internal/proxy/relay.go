@@ -90,6 +90,25 @@ const (
 	grpcMessageTrailer = http.TrailerPrefix + "Grpc-Message"
 )
 
+// relay relays the upstream's response to a request that asked for the
+// protocol upgrade ("" for none): a switch when it asked and the upstream
+// agreed, else the response as is. It returns the status written, the reason
+// when the sidecar failed the exchange itself, the bytes sent downstream and
+// the gRPC status label.
+func (p *Proxy) relay(w http.ResponseWriter, resp *http.Response, upgrade string) (status int, reason string, n int64, grpc string) {
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		status, n, grpc = copyResponse(w, resp)
+		return status, "", n, grpc
+	}
+	if upgrade == "" {
+		resp.Body.Close()
+		refuse(w, http.StatusBadGateway, ReasonUpgradeFailed, "the upstream switched protocols, which the request did not ask for")
+		return http.StatusBadGateway, ReasonUpgradeFailed, 0, ""
+	}
+	status, reason, n = p.switchProtocols(w, resp, upgrade)
+	return status, reason, n, ""
+}
+
 // copyResponse relays an upstream response that does not switch protocols,
 // trailers included. It returns the status, the body bytes and the gRPC
 // status label ("" when the response carries none).
@@ -159,21 +178,21 @@ func (f flushWriter) Write(b []byte) (int, error) {
 // connection, taken over from net/http, and the upstream one, until either
 // side ends. It returns the status written and the bytes sent downstream
 // after the switch.
-func (p *Proxy) switchProtocols(w http.ResponseWriter, resp *http.Response, upgrade string) (int, int64) {
+func (p *Proxy) switchProtocols(w http.ResponseWriter, resp *http.Response, upgrade string) (int, string, int64) {
 	up, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok || !strings.EqualFold(resp.Header.Get("Upgrade"), upgrade) {
 		resp.Body.Close()
 		refuse(w, http.StatusBadGateway, ReasonUpgradeFailed, "the upstream switched to "+resp.Header.Get("Upgrade")+", not the "+upgrade+" asked for")
-		return http.StatusBadGateway, 0
+		return http.StatusBadGateway, ReasonUpgradeFailed, 0
 	}
 	defer up.Close()
 	down, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		refuse(w, http.StatusInternalServerError, ReasonUpgradeFailed, "cannot take over the connection to switch protocols: "+err.Error())
-		return http.StatusInternalServerError, 0
+		return http.StatusInternalServerError, ReasonUpgradeFailed, 0
 	}
 	if !p.streams.add(down) {
-		return http.StatusServiceUnavailable, 0
+		return http.StatusServiceUnavailable, ReasonNotReady, 0 // draining; down is closed
 	}
 	defer p.streams.done(down)
 	defer down.Close()
@@ -181,9 +200,9 @@ func (p *Proxy) switchProtocols(w http.ResponseWriter, resp *http.Response, upgr
 	resp.Header["Connection"] = []string{"Upgrade"}
 	resp.Header["Upgrade"] = []string{upgrade}
 	if err := writeSwitch(brw.Writer, resp); err != nil {
-		return http.StatusSwitchingProtocols, 0
+		return http.StatusSwitchingProtocols, "", 0
 	}
-	return http.StatusSwitchingProtocols, pipeUpgraded(down, brw.Reader, up)
+	return http.StatusSwitchingProtocols, "", pipeUpgraded(down, brw.Reader, up)
 }
 
 // writeSwitch writes the 101 status line and headers.
