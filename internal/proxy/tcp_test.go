@@ -218,3 +218,52 @@ func TestRunRejectsBadTCPForward(t *testing.T) {
 		t.Errorf("Run(--tcp-forward without authority) = %v; want an error that shows the form", err)
 	}
 }
+
+func TestTCPForwardServerFirst(t *testing.T) {
+	t.Parallel()
+	// A server-first protocol (MySQL, SMTP): the server greets before the
+	// client sends a byte, so nothing on the way may wait for the client.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.WriteString(c, "220 ledger ready\n")
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	m := newMesh(t, permissiveMesh)
+	m.sidecar(sidecarSpec{
+		reg: local.Registration{Name: "ledger-v1", Namespace: "bookstore", Account: "ledger",
+			Services: []model.ServiceMembership{{Service: "ledger", ServicePort: 3306, Protocol: model.ProtocolTCPServerFirst}}},
+		app: ln.Addr().String(), ready: true,
+	})
+	client := m.sidecar(sidecarSpec{reg: bookbuyerReg(), tcpForwards: []proxy.TCPForward{{Listen: "127.0.0.1:0", Authority: "ledger.bookstore:3306"}}})
+	eventually(t, 15*time.Second, func() error {
+		c, err := net.DialTimeout("tcp", client.p.TCPForwards[0].String(), 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		greeting := make([]byte, len("220 ledger ready\n"))
+		if _, err := io.ReadFull(c, greeting); err != nil || string(greeting) != "220 ledger ready\n" {
+			return fmt.Errorf("greeting before sending anything = %q, %v; want %q", greeting, err, "220 ledger ready\n")
+		}
+		io.WriteString(c, "QUIT\n")
+		echo := make([]byte, len("QUIT\n"))
+		if _, err := io.ReadFull(c, echo); err != nil || string(echo) != "QUIT\n" {
+			t.Fatalf("echo = %q, %v; want %q", echo, err, "QUIT\n")
+		}
+		return nil
+	})
+}
