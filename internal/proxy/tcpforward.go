@@ -48,7 +48,7 @@ func (p *Proxy) serveTCPForward(ctx context.Context, ln net.Listener, authority 
 // TCP stream. A connection that cannot be carried is closed and counted in
 // trellis_connections_refused_total{direction="outbound"} with its reason.
 func (p *Proxy) forwardTCP(ctx context.Context, down net.Conn, authority string) {
-	refuse := func(reason string, args ...any) {
+	drop := func(reason string, args ...any) {
 		p.metrics.Refused("outbound", reason)
 		p.log.Info("tcp connection refused", append([]any{"authority", authority, "reason", reason}, args...)...)
 		down.Close()
@@ -56,12 +56,12 @@ func (p *Proxy) forwardTCP(ctx context.Context, down net.Conn, authority string)
 	rt := p.dests.get(authority).wait(ctx, p.opts.FirstConfigTimeout)
 	switch {
 	case rt == nil:
-		refuse(ReasonNoConfig)
+		drop(ReasonNoConfig)
 		return
 	case !rt.msg.GetFound():
 		// Egress for a bound port is not offered: the port names a mesh
 		// destination.
-		refuse(ReasonEgressDenied, "why", rt.msg.GetReason())
+		drop(ReasonEgressDenied, "why", rt.msg.GetReason())
 		return
 	}
 	l := telemetry.Labels{Direction: "outbound", TLS: "true", DestinationService: rt.msg.GetService()}
@@ -70,17 +70,17 @@ func (p *Proxy) forwardTCP(ctx context.Context, down net.Conn, authority string)
 	}
 	b := rt.pick()
 	if b == nil {
-		refuse(ReasonNoEndpoints)
+		drop(ReasonNoEndpoints)
 		return
 	}
 	ep, done := b.endpoint(nil)
 	if ep == nil {
-		refuse(ReasonNoEndpoints)
+		drop(ReasonNoEndpoints)
 		return
 	}
 	if me := p.creds.ID().String(); !b.allows(me) {
 		done(0, true)
-		refuse(ReasonDenied, "source", me, "backend", b.msg.GetName())
+		drop(ReasonDenied, "source", me, "backend", b.msg.GetName())
 		return
 	}
 	l.DestinationWorkload, l.DestinationNamespace = ep.GetWorkload(), ep.GetNamespace()
@@ -92,7 +92,7 @@ func (p *Proxy) forwardTCP(ctx context.Context, down net.Conn, authority string)
 		if mismatch := (*spiffe.IdentityMismatchError)(nil); errors.As(err, &mismatch) {
 			reason = ReasonIdentityMismatch
 		}
-		refuse(reason, "endpoint", ep.GetAddress(), "err", err)
+		drop(reason, "endpoint", ep.GetAddress(), "err", err)
 		return
 	}
 	// The balancer learns the time to connect, not how long the app keeps
