@@ -29,6 +29,7 @@ test-unit: ## unit, golden and loopback integration tests
 fuzz: ## short runs of the fuzz targets
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeTranslate$$' -fuzztime $(FUZZTIME) ./internal/source/translate
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/spiffe
+	$(GO) test -run '^$$' -fuzz '^FuzzPrepareRequest$$' -fuzztime $(FUZZTIME) ./internal/proxy
 
 test: lint build test-unit fuzz e2e-kube ## everything CI runs (e2e-kube needs root)
 

@@ -12,6 +12,7 @@ go 1.26.8
 
 require (
 	connectrpc.com/connect v1.21.0
+	github.com/coder/websocket v1.8.15
 	github.com/google/go-cmp v0.7.0
 	github.com/prometheus/client_model v0.6.3
 	github.com/prometheus/common v0.72.1

@@ -113,6 +113,38 @@ func TestParseServices(t *testing.T) {
 	}
 }
 
+func TestParseTCPForwards(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    []tcpForward
+		wantErr string
+	}{
+		{in: "127.0.0.1:13306=mysql.shop:3306", want: []tcpForward{{"127.0.0.1:13306", "mysql.shop:3306"}}},
+		{in: "localhost:7000=ledger.bookstore:7000", want: []tcpForward{{"localhost:7000", "ledger.bookstore:7000"}}},
+		{in: "0.0.0.0:13306=mysql.shop:3306", wantErr: "on loopback"},
+		{in: "13306=mysql.shop:3306", wantErr: "on loopback"},
+		{in: "127.0.0.1:13306", wantErr: "want LISTEN=AUTHORITY"},
+		{in: "127.0.0.1:13306=mysql.shop", wantErr: "needs a port"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := parseTCPForwards([]string{tt.in})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, got, cmp.AllowUnexported(tcpForward{})); diff != "" {
+				t.Errorf("(-want +got)\n%s", diff)
+			}
+		})
+	}
+}
+
 func TestFindWorkload(t *testing.T) {
 	ws := []local.WorkloadStatus{
 		{Workload: model.Workload{ID: "bookstore/bookstore-v1-aaaaaa", Name: "bookstore-v1", Identity: model.Identity{Namespace: "bookstore", Account: "bookstore"}}},

@@ -36,6 +36,7 @@ type runOptions struct {
 	withdrawDelay            time.Duration
 	stopTimeout              time.Duration
 	accessLog                bool
+	tcpForwards              []string
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -49,10 +50,16 @@ program listens on --port. On SIGINT or SIGTERM, or when the program exits, the 
 stops taking traffic first, then the program is stopped, then the sidecar drains, then the
 workload is deregistered. The exit code is the program's.
 
-A service port defaults to --port; the protocol defaults to http.`,
+A service port defaults to --port; the protocol defaults to http.
+
+A program that speaks a protocol other than HTTP to a mesh service (a database
+client, say) gets a local port per destination with --tcp-forward: trellis run binds
+LISTEN on loopback and the sidecar carries each connection to it as opaque TCP to
+AUTHORITY.`,
 		Example: `  trellis run --namespace bookstore --account bookstore --service bookstore:14001,bookstore-v1:14001 \
       --port 14011 -- ./bookstore --listen 127.0.0.1:14011
-  trellis run --namespace bookbuyer --account bookbuyer -- ./bookbuyer`,
+  trellis run --namespace bookbuyer --account bookbuyer -- ./bookbuyer
+  trellis run --namespace shop --account orders --tcp-forward 127.0.0.1:13306=mysql.shop:3306 -- ./orders`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return o.run(cmd.Context(), args, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -69,6 +76,7 @@ A service port defaults to --port; the protocol defaults to http.`,
 	f.DurationVar(&o.withdrawDelay, "withdraw-delay", 500*time.Millisecond, "at shutdown, how long to keep serving after withdrawing the endpoint, while callers learn of it")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 10*time.Second, "how long the program may take to exit after SIGTERM before SIGKILL")
 	f.BoolVar(&o.accessLog, "access-log", true, "the sidecar writes a JSON access log line per request to stdout")
+	f.StringArrayVar(&o.tcpForwards, "tcp-forward", nil, "LISTEN=AUTHORITY: bind LISTEN (127.0.0.1:PORT) for opaque TCP to the mesh destination AUTHORITY (repeatable)")
 	return cmd
 }
 
@@ -97,6 +105,28 @@ func parseServices(items []string, appPort int) ([]model.ServiceMembership, erro
 			return nil, fmt.Errorf("--service %q: %w", it, err)
 		}
 		out = append(out, model.ServiceMembership{Service: name, ServicePort: port, Protocol: p})
+	}
+	return out, nil
+}
+
+// tcpForward is one --tcp-forward: a loopback address to bind for opaque TCP
+// to a mesh destination.
+type tcpForward struct{ listen, authority string }
+
+// parseTCPForwards checks LISTEN=AUTHORITY items: LISTEN a loopback
+// host:port, AUTHORITY a host:port.
+func parseTCPForwards(items []string) ([]tcpForward, error) {
+	var out []tcpForward
+	for _, it := range items {
+		listen, authority, ok := strings.Cut(it, "=")
+		host, _, err := net.SplitHostPort(listen)
+		if !ok || err != nil || (host != "127.0.0.1" && host != "localhost") {
+			return nil, fmt.Errorf("--tcp-forward %q: want LISTEN=AUTHORITY with LISTEN on loopback, e.g. 127.0.0.1:13306=mysql.shop:3306", it)
+		}
+		if _, _, err := net.SplitHostPort(authority); err != nil {
+			return nil, fmt.Errorf("--tcp-forward %q: the authority needs a port, e.g. mysql.shop:3306", it)
+		}
+		out = append(out, tcpForward{listen, authority})
 	}
 	return out, nil
 }
@@ -156,6 +186,10 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 	if err != nil {
 		return err
 	}
+	forwards, err := parseTCPForwards(o.tcpForwards)
+	if err != nil {
+		return err
+	}
 	proxyBin, err := findProxy(o.proxyBin)
 	if err != nil {
 		return err
@@ -173,6 +207,17 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 	}
 	defer closeAll(lns)
 	inbound, outbound, admin := lns[0].Addr().String(), lns[1].Addr().String(), lns[2].Addr().String()
+	// TCP forward ports are bound here too, and handed over after the
+	// sidecar's own three.
+	var fwdArgs []string
+	for i, f := range forwards {
+		ln, err := net.Listen("tcp", f.listen)
+		if err != nil {
+			return fmt.Errorf("--tcp-forward %s=%s: %w", f.listen, f.authority, err)
+		}
+		lns = append(lns, ln)
+		fwdArgs = append(fwdArgs, "--tcp-forward", fmt.Sprintf("fd:%d=%s", 6+i, f.authority))
+	}
 
 	// Signals are handled here from now on: the order of shutdown matters.
 	sigs := make(chan os.Signal, 2)
@@ -205,6 +250,7 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 	if !o.accessLog {
 		proxyArgs = append(proxyArgs, "--access-log=false")
 	}
+	proxyArgs = append(proxyArgs, fwdArgs...)
 	proxy := exec.Command(proxyBin, proxyArgs...)
 	proxy.Env = append(os.Environ(), "TRELLIS_JOIN_TOKEN="+reg.Token)
 	proxy.Stdout, proxy.Stderr = stdout, stderr
@@ -214,7 +260,7 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 		if err != nil {
 			return fmt.Errorf("hand listener %s to the sidecar: %w", ln.Addr(), err)
 		}
-		proxy.ExtraFiles = append(proxy.ExtraFiles, f) // fd 3, 4, 5
+		proxy.ExtraFiles = append(proxy.ExtraFiles, f) // fd 3, 4, 5, then the TCP forwards
 	}
 	err = proxy.Start()
 	// The sidecar holds the sockets now; ours would only keep them open.

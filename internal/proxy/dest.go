@@ -139,6 +139,18 @@ func (r *route) match(req *http.Request) *rule {
 	return nil
 }
 
+// unconditional returns the first rule that takes every request, the one an
+// opaque TCP stream (which no HTTP match can test) follows; nil when every
+// rule has a match.
+func (r *route) unconditional() *rule {
+	for _, ru := range r.rules {
+		if ru.match == nil {
+			return ru
+		}
+	}
+	return nil
+}
+
 // pick chooses a backend by weight among those with endpoints, or among all
 // when none has any; nil when the rule has no backend.
 func (l *legs) pick() *backend {

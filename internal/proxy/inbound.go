@@ -31,7 +31,7 @@ type tlsAcceptor struct {
 
 func newTLSAcceptor(ln net.Listener, conf *tls.Config, p *Proxy) *tlsAcceptor {
 	conf = conf.Clone()
-	conf.NextProtos = []string{"http/1.1", alpnTCP}
+	conf.NextProtos = []string{"h2", "http/1.1", alpnTCP}
 	return &tlsAcceptor{ln: ln, conf: conf, p: p, conns: make(chan net.Conn), done: make(chan struct{})}
 }
 
@@ -90,7 +90,7 @@ func (a *tlsAcceptor) Addr() net.Addr { return a.ln.Addr() }
 func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	l := telemetry.Labels{Direction: "inbound", TLS: "true", Route: ""}
-	e := telemetry.Entry{Direction: "inbound", Method: r.Method, Protocol: r.Proto, Authority: r.Host, Path: r.URL.Path, UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Request-Id")}
+	e := telemetry.Entry{Direction: "inbound", Method: r.Method, Protocol: protocolName(r), Authority: r.Host, Path: r.URL.Path, UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Request-Id")}
 	pol := p.policy.Load()
 	if pol != nil {
 		l.DestinationWorkload, l.DestinationNamespace = pol.Config().GetWorkload(), pol.Config().GetNamespace()
@@ -104,8 +104,11 @@ func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	e.Source = src
-	status, reason, n, route := p.inbound(w, r, pol, src)
+	status, reason, n, route := p.inbound(w, r, pol, src, &l)
 	l.ResponseCode, l.Reason, l.Route = statusText(status), reason, route
+	if reason != "" && isGRPC(r) {
+		l.GRPCStatus = statusTexts[reasonGRPCCode(reason)]
+	}
 	d := time.Since(start)
 	p.metrics.Request(l, d)
 	if p.access != nil {
@@ -114,33 +117,42 @@ func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (p *Proxy) inbound(w http.ResponseWriter, r *http.Request, pol *authz.Policy, src string) (int, string, int64, string) {
+func (p *Proxy) inbound(w http.ResponseWriter, r *http.Request, pol *authz.Policy, src string, l *telemetry.Labels) (int, string, int64, string) {
 	if pol == nil {
-		refuse(w, http.StatusServiceUnavailable, ReasonNotReady, "the sidecar has no inbound policy from the control plane yet")
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonNotReady, "the sidecar has no inbound policy from the control plane yet")
 		return http.StatusServiceUnavailable, ReasonNotReady, 0, ""
 	}
 	d := pol.AllowHTTP(src, r)
 	rule := d.Rule
 	if !d.Allowed {
-		refuse(w, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s may not call %s: no TrafficTarget allows %s %s", src, pol.Config().GetIdentity(), r.Method, r.URL.Path))
+		refuseRequest(w, r, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s may not call %s: no TrafficTarget allows %s %s", src, pol.Config().GetIdentity(), r.Method, r.URL.Path))
 		return http.StatusForbidden, ReasonDenied, 0, ""
 	}
 	if p.opts.AppAddr == "" {
-		refuse(w, http.StatusServiceUnavailable, ReasonAppUnreachable, "this workload's app serves nothing")
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonAppUnreachable, "this workload's app serves nothing")
 		return http.StatusServiceUnavailable, ReasonAppUnreachable, 0, rule
 	}
 	out := r.Clone(r.Context())
 	out.RequestURI = ""
 	out.URL.Scheme = "http"
 	out.URL.Host = p.opts.AppAddr
-	removeHopHeaders(out.Header)
-	resp, err := p.app.RoundTrip(out)
+	out.Trailer = r.Trailer
+	// HTTP/2 from the peer (the caller spoke h2c or gRPC) goes to the app as
+	// h2c; HTTP/1.1 as HTTP/1.1.
+	tr := p.app
+	if r.ProtoMajor == 2 {
+		tr = p.appH2
+	}
+	upgrade := prepareRequest(out.Header)
+	enableFullDuplex(w, r)
+	resp, err := tr.RoundTrip(out)
 	if err != nil {
-		refuse(w, http.StatusServiceUnavailable, ReasonAppUnreachable, fmt.Sprintf("app at %s: %v", p.opts.AppAddr, err))
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonAppUnreachable, fmt.Sprintf("app at %s: %v", p.opts.AppAddr, err))
 		return http.StatusServiceUnavailable, ReasonAppUnreachable, 0, rule
 	}
-	st, n := copyResponse(w, resp)
-	return st, "", n, rule
+	st, rsn, n, grpc := p.relay(w, resp, upgrade)
+	l.GRPCStatus = grpc
+	return st, rsn, n, rule
 }
 
 // serveInboundTCP authorizes a peer's TCP tunnel and splices it to the app.
@@ -174,8 +186,13 @@ func (p *Proxy) serveInboundTCP(tc *tls.Conn) {
 		tc.Close()
 		return
 	}
+	if !p.streams.add(tc) {
+		app.Close()
+		return
+	}
+	defer p.streams.done(tc)
 	p.metrics.ConnOpened(l)
-	sent := pipe(tc, app)
-	p.metrics.TCP(l, sent, 0)
+	sent, received := pipe(tc, app)
+	p.metrics.TCP(l, sent, received)
 	p.metrics.ConnClosed(l)
 }

@@ -209,6 +209,9 @@ type sidecarSpec struct {
 	inbound string             // where the sidecar listens; empty: reg.Address, or a free port
 	app     string             // the app's address; empty: none
 	ready   bool               // mark the workload ready once its sidecar is
+	// tcpForwards bind local ports for TCP destinations; the bound addresses
+	// are in p.TCPForwards.
+	tcpForwards []proxy.TCPForward
 }
 
 // sidecar is a running trellis-proxy.
@@ -290,6 +293,7 @@ func (m *mesh) startSidecar(reg controlplane.RegisterResponse, spec sidecarSpec)
 		OutboundAddr:       "127.0.0.1:0",
 		AdminAddr:          "127.0.0.1:0",
 		AppAddr:            spec.app,
+		TCPForwards:        spec.tcpForwards,
 		DrainTimeout:       5 * time.Second,
 		FirstConfigTimeout: 5 * time.Second,
 		AccessLog:          s.access,

@@ -32,6 +32,7 @@ const (
 	ReasonTimeout             = "timeout"
 	ReasonNoRoute             = "no_route"
 	ReasonRedirect            = "redirect"
+	ReasonUpgradeFailed       = "upgrade_failed"
 )
 
 // ReasonHeader names the cause of a response the sidecar made itself.
@@ -39,19 +40,6 @@ const ReasonHeader = "X-Trellis-Reason"
 
 // alpnTCP asks the peer sidecar for an opaque TCP tunnel instead of HTTP.
 const alpnTCP = "trellis-tcp/1"
-
-var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
-func removeHopHeaders(h http.Header) {
-	for _, f := range h.Values("Connection") {
-		for _, name := range strings.Split(f, ",") {
-			h.Del(strings.TrimSpace(name))
-		}
-	}
-	for _, name := range hopHeaders {
-		h.Del(name)
-	}
-}
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
@@ -76,7 +64,7 @@ func hostPort(authority, port string) string {
 // serveOutbound handles the app's requests: absolute-form HTTP and CONNECT.
 func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	e := telemetry.Entry{Direction: "outbound", Method: r.Method, Protocol: r.Proto, UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Request-Id")}
+	e := telemetry.Entry{Direction: "outbound", Method: r.Method, Protocol: protocolName(r), UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Request-Id")}
 	l := telemetry.Labels{Direction: "outbound", TLS: "true"}
 	if pol := p.policy.Load(); pol != nil {
 		l.SourceWorkload, l.SourceNamespace = pol.Config().GetWorkload(), pol.Config().GetNamespace()
@@ -84,6 +72,9 @@ func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
 	e.Source = p.creds.ID().String()
 	status, reason, sent, route := p.outbound(w, r, &e, &l)
 	l.ResponseCode, l.Reason, l.Route = statusText(status), reason, route
+	if reason != "" && isGRPC(r) {
+		l.GRPCStatus = statusTexts[reasonGRPCCode(reason)]
+	}
 	d := time.Since(start)
 	p.metrics.Request(l, d)
 	if p.access != nil {
@@ -95,13 +86,21 @@ func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
 // outbound serves one request and says what happened.
 func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.Entry, l *telemetry.Labels) (status int, reason string, sent int64, route string) {
 	authority := r.Host
-	if r.Method != http.MethodConnect {
+	h2 := r.ProtoMajor == 2
+	switch {
+	case h2 && r.Method == http.MethodConnect:
+		refuseRequest(w, r, http.StatusBadRequest, ReasonBadRequest, "CONNECT over HTTP/2 is not supported: send it over HTTP/1.1")
+		return http.StatusBadRequest, ReasonBadRequest, 0, ""
+	case h2:
+		// HTTP/2 with prior knowledge (h2c): the app dialed this listener
+		// directly and names the service in :authority.
+	case r.Method != http.MethodConnect:
 		if !r.URL.IsAbs() {
-			refuse(w, http.StatusBadRequest, ReasonBadRequest, "this is the outbound proxy: send absolute-form requests (set HTTP_PROXY)")
+			refuseRequest(w, r, http.StatusBadRequest, ReasonBadRequest, "this is the outbound proxy: send absolute-form requests (set HTTP_PROXY)")
 			return http.StatusBadRequest, ReasonBadRequest, 0, ""
 		}
 		if r.URL.Scheme != "http" {
-			refuse(w, http.StatusBadRequest, ReasonBadRequest, "only http:// URLs go through the proxy as requests; use CONNECT for TLS")
+			refuseRequest(w, r, http.StatusBadRequest, ReasonBadRequest, "only http:// URLs go through the proxy as requests; use CONNECT for TLS")
 			return http.StatusBadRequest, ReasonBadRequest, 0, ""
 		}
 		authority = r.URL.Host
@@ -112,13 +111,13 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	dst := p.dests.get(authority)
 	rt := dst.wait(r.Context(), p.opts.FirstConfigTimeout)
 	if rt == nil {
-		refuse(w, http.StatusServiceUnavailable, ReasonNoConfig, "no configuration for "+authority+" from the control plane yet")
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonNoConfig, "no configuration for "+authority+" from the control plane yet")
 		return http.StatusServiceUnavailable, ReasonNoConfig, 0, ""
 	}
 	if !rt.msg.GetFound() {
 		pol := p.policy.Load()
 		if pol == nil || !pol.Config().GetEgress() {
-			refuse(w, http.StatusForbidden, ReasonEgressDenied, rt.msg.GetReason()+", and egress is disabled in the mesh config")
+			refuseRequest(w, r, http.StatusForbidden, ReasonEgressDenied, rt.msg.GetReason()+", and egress is disabled in the mesh config")
 			return http.StatusForbidden, ReasonEgressDenied, 0, ""
 		}
 		l.DestinationService = authority
@@ -127,7 +126,7 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	l.DestinationService = rt.msg.GetService()
 	ru := rt.match(r)
 	if ru == nil {
-		refuse(w, http.StatusNotFound, ReasonNoRoute, "no rule of "+rt.msg.GetSource()+" matches "+r.Method+" "+r.URL.Path)
+		refuseRequest(w, r, http.StatusNotFound, ReasonNoRoute, "no rule of "+rt.msg.GetSource()+" matches "+r.Method+" "+r.URL.Path)
 		return http.StatusNotFound, ReasonNoRoute, 0, ""
 	}
 	route = ru.msg.GetName()
@@ -140,17 +139,17 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	}
 	b := ru.pick()
 	if b == nil {
-		refuse(w, http.StatusServiceUnavailable, ReasonNoEndpoints, rt.msg.GetService()+" has no backend with a positive weight")
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonNoEndpoints, rt.msg.GetService()+" has no backend with a positive weight")
 		return http.StatusServiceUnavailable, ReasonNoEndpoints, 0, route
 	}
 	ep, done := b.endpoint(r)
 	if ep == nil {
-		refuse(w, http.StatusServiceUnavailable, ReasonNoEndpoints, b.msg.GetName()+" has no ready endpoint")
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonNoEndpoints, b.msg.GetName()+" has no ready endpoint")
 		return http.StatusServiceUnavailable, ReasonNoEndpoints, 0, route
 	}
 	me := p.creds.ID().String()
 	if !b.allows(me) {
-		refuse(w, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s is not allowed to call %s: no TrafficTarget allows it", me, b.msg.GetName()))
+		refuseRequest(w, r, http.StatusForbidden, ReasonDenied, fmt.Sprintf("%s is not allowed to call %s: no TrafficTarget allows it", me, b.msg.GetName()))
 		return http.StatusForbidden, ReasonDenied, 0, route
 	}
 	l.DestinationWorkload, l.DestinationNamespace = ep.GetWorkload(), ep.GetNamespace()
@@ -158,11 +157,11 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 
 	picked := time.Now()
 	if r.Method == http.MethodConnect {
-		st, rsn, n := p.tunnel(w, ep, b.msg.GetTimeouts())
+		st, rsn, n := p.tunnel(w, ep, b.msg.GetTimeouts(), *l)
 		done(time.Since(picked), rsn != "")
 		return st, rsn, n, route
 	}
-	tr := p.upstream(ep, b.msg.GetTimeouts())
+	tr := p.upstream(ep, b.msg.GetTimeouts(), h2)
 	ctx := r.Context()
 	d := b.msg.GetTimeouts().GetRequest().AsDuration()
 	if rd := ru.msg.GetTimeout().AsDuration(); rd > 0 {
@@ -175,7 +174,15 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	}
 	out := r.Clone(ctx)
 	out.RequestURI = ""
-	removeHopHeaders(out.Header)
+	// Request trailers are read into r.Trailer as the body ends; the
+	// transport sends out.Trailer after the body, so they must be one map.
+	out.Trailer = r.Trailer
+	if h2 {
+		// The TLS is the sidecar's own (see upstream); the scheme says so
+		// to the peer.
+		out.URL.Scheme, out.URL.Host = "https", authority
+	}
+	upgrade := prepareRequest(out.Header)
 	if rw := ru.msg.GetRewrite(); rw != nil {
 		if rw.GetPath() != nil {
 			out.URL.Path, out.URL.RawPath = changePath(r.URL.Path, rw.GetPath(), ru.match), ""
@@ -185,88 +192,89 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 		}
 	}
 	editHeaders(out.Header, ru.msg.GetRequestHeaders())
+	enableFullDuplex(w, r)
 	resp, err := tr.RoundTrip(out)
 	if err != nil {
 		done(time.Since(picked), true)
-		return p.upstreamError(w, err, ep, route)
+		return p.upstreamError(w, r, err, ep, route)
 	}
 	// The balancer learns the time to the response headers: what the endpoint
 	// controls, not how long the caller takes to read the body.
 	done(time.Since(picked), resp.StatusCode >= 500)
 	editHeaders(resp.Header, ru.msg.GetResponseHeaders())
-	st, n := copyResponse(w, resp)
-	return st, "", n, route
+	st, rsn, n, grpc := p.relay(w, resp, upgrade)
+	l.GRPCStatus = grpc
+	return st, rsn, n, route
 }
 
-func (p *Proxy) upstreamError(w http.ResponseWriter, err error, ep *proxyv1.Endpoint, route string) (int, string, int64, string) {
+func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error, ep *proxyv1.Endpoint, route string) (int, string, int64, string) {
 	var mismatch *spiffe.IdentityMismatchError
 	switch {
 	case errors.As(err, &mismatch):
-		refuse(w, http.StatusServiceUnavailable, ReasonIdentityMismatch, fmt.Sprintf("endpoint %s presented %s, not %s", ep.GetAddress(), mismatch.Got, mismatch.Want))
+		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonIdentityMismatch, fmt.Sprintf("endpoint %s presented %s, not %s", ep.GetAddress(), mismatch.Got, mismatch.Want))
 		return http.StatusServiceUnavailable, ReasonIdentityMismatch, 0, route
 	case errors.Is(err, context.DeadlineExceeded):
-		refuse(w, http.StatusGatewayTimeout, ReasonTimeout, "the request timeout passed before "+ep.GetAddress()+" answered")
+		refuseRequest(w, r, http.StatusGatewayTimeout, ReasonTimeout, "the request timeout passed before "+ep.GetAddress()+" answered")
 		return http.StatusGatewayTimeout, ReasonTimeout, 0, route
 	}
-	refuse(w, http.StatusServiceUnavailable, ReasonUpstreamUnreachable, fmt.Sprintf("endpoint %s (%s): %v", ep.GetAddress(), ep.GetWorkload(), err))
+	refuseRequest(w, r, http.StatusServiceUnavailable, ReasonUpstreamUnreachable, fmt.Sprintf("endpoint %s (%s): %v", ep.GetAddress(), ep.GetWorkload(), err))
 	return http.StatusServiceUnavailable, ReasonUpstreamUnreachable, 0, route
 }
 
-// copyResponse relays an upstream response; it returns the status and body bytes.
-func copyResponse(w http.ResponseWriter, resp *http.Response) (int, int64) {
-	defer resp.Body.Close()
-	removeHopHeaders(resp.Header)
-	h := w.Header()
-	for k, v := range resp.Header {
-		h[k] = v
-	}
-	w.WriteHeader(resp.StatusCode)
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	var dst io.Writer = w
-	if resp.ContentLength < 0 {
-		dst = flushWriter{w, http.NewResponseController(w)}
-	}
-	n, _ := io.CopyBuffer(dst, resp.Body, *bp)
-	return resp.StatusCode, n
+// upstreamKey names one pool: an endpoint, the identity it must present, and
+// whether the pool speaks HTTP/2.
+type upstreamKey struct {
+	address, identity string
+	h2                bool
 }
 
-type flushWriter struct {
-	w  io.Writer
-	rc *http.ResponseController
-}
-
-func (f flushWriter) Write(b []byte) (int, error) {
-	n, err := f.w.Write(b)
-	if err == nil {
-		err = f.rc.Flush()
-	}
-	return n, err
-}
-
-// upstream returns the connection pool for one endpoint. Pools outlive config
-// changes, so a new config never drops an established connection.
-func (p *Proxy) upstream(ep *proxyv1.Endpoint, to *proxyv1.Timeouts) *http.Transport {
-	key := ep.GetAddress() + "|" + ep.GetIdentity()
+// upstream returns the connection pool for one endpoint: HTTP/1.1 over mTLS
+// (ALPN http/1.1) for the app's HTTP/1.1 requests, or HTTP/2 over mTLS (ALPN
+// h2, one multiplexed connection) for its h2c and gRPC requests. Pools outlive
+// config changes, so a new config never drops an established connection.
+func (p *Proxy) upstream(ep *proxyv1.Endpoint, to *proxyv1.Timeouts, h2 bool) *http.Transport {
+	key := upstreamKey{ep.GetAddress(), ep.GetIdentity(), h2}
 	p.upMu.Lock()
 	defer p.upMu.Unlock()
 	if tr, ok := p.upstreams[key]; ok {
 		return tr
 	}
-	// The request URL names the service, never a host to resolve: every
-	// connection goes to this endpoint, over mTLS made here. (DialContext, not
-	// DialTLSContext: the URLs are http://, and the TLS is ours, not the URL's.)
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return p.dialPeer(ctx, ep, to, "http/1.1")
-		},
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     to.GetIdle().AsDuration(),
-		ForceAttemptHTTP2:   false,
+	var tr *http.Transport
+	if h2 {
+		// https URLs and DialTLSContext: the transport takes the TLS made
+		// here, sees ALPN h2 and speaks HTTP/2 on it.
+		var protos http.Protocols
+		protos.SetHTTP2(true)
+		tr = &http.Transport{
+			DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return p.dialPeer(ctx, ep, to, "h2")
+			},
+			Protocols:       &protos,
+			IdleConnTimeout: to.GetIdle().AsDuration(),
+			HTTP2:           &http.HTTP2Config{SendPingTimeout: 30 * time.Second},
+		}
+	} else {
+		// The request URL names the service, never a host to resolve: every
+		// connection goes to this endpoint, over mTLS made here. (DialContext,
+		// not DialTLSContext: the URLs are http://, and the TLS is ours, not
+		// the URL's.)
+		tr = &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return p.dialPeer(ctx, ep, to, "http/1.1")
+			},
+			MaxIdleConnsPerHost:   64,
+			IdleConnTimeout:       to.GetIdle().AsDuration(),
+			ExpectContinueTimeout: expectContinueTimeout,
+		}
 	}
 	p.upstreams[key] = tr
 	return tr
 }
+
+// expectContinueTimeout is how long a request with "Expect: 100-continue"
+// waits for the upstream's 100 Continue before its body is sent anyway. While
+// it waits the body is not read, so the 100 the caller gets is the app's.
+const expectContinueTimeout = time.Second
 
 // dialPeer opens an mTLS connection to a peer sidecar and checks that it presents
 // the identity discovery promised.
@@ -289,13 +297,13 @@ func (p *Proxy) dialPeer(ctx context.Context, ep *proxyv1.Endpoint, to *proxyv1.
 }
 
 // tunnel serves CONNECT to a mesh destination as an opaque TCP stream over mTLS.
-func (p *Proxy) tunnel(w http.ResponseWriter, ep *proxyv1.Endpoint, to *proxyv1.Timeouts) (int, string, int64) {
+func (p *Proxy) tunnel(w http.ResponseWriter, ep *proxyv1.Endpoint, to *proxyv1.Timeouts, l telemetry.Labels) (int, string, int64) {
 	up, err := p.dialPeer(context.Background(), ep, to, alpnTCP)
 	if err != nil {
-		st, rsn, n, _ := p.upstreamError(w, err, ep, "")
+		st, rsn, n, _ := p.upstreamError(w, nil, err, ep, "")
 		return st, rsn, n
 	}
-	return p.splice(w, up)
+	return p.splice(w, up, l)
 }
 
 // egress forwards a request for a destination outside the mesh, as is.
@@ -303,26 +311,33 @@ func (p *Proxy) egress(w http.ResponseWriter, r *http.Request, authority string)
 	if r.Method == http.MethodConnect {
 		up, err := net.DialTimeout("tcp", authority, 5*time.Second)
 		if err != nil {
-			refuse(w, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
+			refuseRequest(w, r, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
 			return http.StatusBadGateway, ReasonUpstreamUnreachable, 0, ""
 		}
-		st, rsn, n := p.splice(w, up)
+		st, rsn, n := p.splice(w, up, telemetry.Labels{Direction: "outbound", TLS: "false", DestinationService: authority})
 		return st, rsn, n, ""
 	}
 	out := r.Clone(r.Context())
 	out.RequestURI = ""
-	removeHopHeaders(out.Header)
-	resp, err := p.app.RoundTrip(out)
+	out.Trailer = r.Trailer
+	tr := p.app
+	if r.ProtoMajor == 2 {
+		out.URL.Scheme, out.URL.Host = "http", authority
+		tr = p.appH2
+	}
+	upgrade := prepareRequest(out.Header)
+	resp, err := tr.RoundTrip(out)
 	if err != nil {
-		refuse(w, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
+		refuseRequest(w, r, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
 		return http.StatusBadGateway, ReasonUpstreamUnreachable, 0, ""
 	}
-	st, n := copyResponse(w, resp)
-	return st, "", n, ""
+	st, rsn, n, _ := p.relay(w, resp, upgrade)
+	return st, rsn, n, ""
 }
 
-// splice answers a CONNECT with 200 and copies bytes both ways until both sides close.
-func (p *Proxy) splice(w http.ResponseWriter, up net.Conn) (int, string, int64) {
+// splice answers a CONNECT with 200 and copies bytes both ways until both
+// sides close, counting the connection and its bytes under l.
+func (p *Proxy) splice(w http.ResponseWriter, up net.Conn, l telemetry.Labels) (int, string, int64) {
 	// The 200 is written on the hijacked connection: net/http would frame it as
 	// chunked, and a 2xx answer to CONNECT carries no framing headers (RFC 9110,
 	// section 9.3.6).
@@ -332,36 +347,47 @@ func (p *Proxy) splice(w http.ResponseWriter, up net.Conn) (int, string, int64) 
 		http.Error(w, "trellis: cannot take over the connection for a tunnel: "+err.Error(), http.StatusInternalServerError)
 		return http.StatusInternalServerError, "", 0
 	}
+	if !p.streams.add(down) {
+		up.Close()
+		return http.StatusServiceUnavailable, ReasonNotReady, 0
+	}
+	defer p.streams.done(down)
 	if _, err := brw.WriteString("HTTP/1.1 200 OK\r\n\r\n"); err != nil || brw.Flush() != nil {
 		down.Close()
 		up.Close()
 		return http.StatusOK, "", 0
 	}
+	p.metrics.ConnOpened(l)
 	// Bytes the client sent after the CONNECT request, already buffered.
+	var early int64
 	if n := brw.Reader.Buffered(); n > 0 {
 		b, _ := brw.Reader.Peek(n)
-		up.Write(b)
+		m, _ := up.Write(b)
+		early = int64(m)
 	}
-	n := pipe(down, up)
-	return http.StatusOK, "", n
+	sent, received := pipe(down, up)
+	p.metrics.TCP(l, sent, received+early)
+	p.metrics.ConnClosed(l)
+	return http.StatusOK, "", sent
 }
 
-// pipe copies both ways, half-closing as each side finishes; it returns the bytes
-// sent towards a.
-func pipe(a, b net.Conn) int64 {
-	var toA int64
+// pipe copies both ways, half-closing as each side finishes; it returns the
+// bytes sent towards a and those sent towards b. Where a is the downstream
+// side, as everywhere here, those are the bytes a TCP series counts as sent
+// and received.
+func pipe(a, b net.Conn) (toA, toB int64) {
 	done := make(chan struct{})
 	go func() {
 		toA, _ = io.Copy(a, b)
 		closeWrite(a)
 		close(done)
 	}()
-	io.Copy(b, a)
+	toB, _ = io.Copy(b, a)
 	closeWrite(b)
 	<-done
 	a.Close()
 	b.Close()
-	return toA
+	return toA, toB
 }
 
 func closeWrite(c net.Conn) {

@@ -1,10 +1,10 @@
 // Package proxy is the Trellis sidecar runtime: the outbound listener the app
-// reaches as its HTTP proxy, the inbound mTLS listener that authorizes callers by
-// SPIFFE ID and forwards to the app, and the admin listener (/ready, /live,
-// /config, /metrics). It applies whole configs from the control plane atomically
-// and keeps serving with the last one when the control plane is away. Only the
-// trellis-proxy binary imports it; it never imports client-go or control-plane
-// packages.
+// reaches as its HTTP proxy (or with h2c, prior knowledge), the inbound mTLS
+// listener that authorizes callers by SPIFFE ID and forwards to the app, and the
+// admin listener (/ready, /live, /config, /metrics). It applies whole configs
+// from the control plane atomically and keeps serving with the last one when the
+// control plane is away. Only the trellis-proxy binary imports it; it never
+// imports client-go, grpc-go or control-plane packages.
 package proxy
 
 import (
@@ -52,6 +52,9 @@ type Options struct {
 	OutboundAddr string // the app's HTTP proxy; default 127.0.0.1:15001
 	AdminAddr    string // /ready, /config, /metrics; default 127.0.0.1:15000
 	AppAddr      string // where the app listens, host:port; empty: the app serves nothing
+	// TCPForwards bind local ports, each an opaque TCP stream to one mesh
+	// destination; none by default.
+	TCPForwards []TCPForward
 
 	// DrainTimeout bounds how long in-flight requests may finish at shutdown; default 10s.
 	DrainTimeout time.Duration
@@ -79,6 +82,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.AppAddr, "app", "", "the app's `address`, host:port (empty: the app serves nothing)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 10*time.Second, "how long in-flight requests may finish at shutdown")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 5*time.Minute, "drop a destination's watch when unused this long")
+	fs.Func("tcp-forward", "bind `LISTEN=AUTHORITY`: connections to LISTEN (host:port or fd:N) are opaque TCP to the mesh destination AUTHORITY (repeatable)", func(v string) error {
+		f, err := ParseTCPForward(v)
+		if err == nil {
+			o.TCPForwards = append(o.TCPForwards, f)
+		}
+		return err
+	})
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	accessLog := fs.Bool("access-log", true, "write JSON access log lines to stdout")
 	fs.Usage = func() {
@@ -115,15 +125,18 @@ type Proxy struct {
 
 	policy   atomic.Pointer[authz.Policy]
 	dests    *destinations
+	streams  *streams
 	draining atomic.Bool
 	ready    atomic.Bool
 
 	upMu      sync.Mutex
-	upstreams map[string]*http.Transport // by endpoint address + identity
-	app       *http.Transport
+	upstreams map[upstreamKey]*http.Transport
+	app       *http.Transport // HTTP/1.1 to the app (and to egress destinations)
+	appH2     *http.Transport // h2c, prior knowledge, to the app
 
 	// bound addresses, known once listening
 	Inbound, Outbound, Admin net.Addr
+	TCPForwards              []net.Addr // in the order of Options.TCPForwards
 	listening                chan struct{}
 }
 
@@ -164,12 +177,19 @@ func New(o Options) (*Proxy, error) {
 		creds:     creds,
 		metrics:   telemetry.NewMetrics(),
 		log:       o.Logger,
-		upstreams: map[string]*http.Transport{},
+		upstreams: map[upstreamKey]*http.Transport{},
+		streams:   newStreams(),
 		listening: make(chan struct{}),
 		app: &http.Transport{
-			DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-			MaxIdleConnsPerHost: 64,
-			IdleConnTimeout:     60 * time.Second,
+			DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			MaxIdleConnsPerHost:   64,
+			IdleConnTimeout:       60 * time.Second,
+			ExpectContinueTimeout: expectContinueTimeout,
+		},
+		appH2: &http.Transport{
+			DialContext:     (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			Protocols:       h2cOnly(),
+			IdleConnTimeout: 60 * time.Second,
 		},
 	}
 	if o.AccessLog != nil {
@@ -208,6 +228,24 @@ func (p *Proxy) Run(ctx context.Context) error {
 		outLn.Close()
 		return fmt.Errorf("admin listener: %w", err)
 	}
+	var fwdLns []net.Listener
+	closeFwd := func() {
+		for _, l := range fwdLns {
+			l.Close()
+		}
+	}
+	for _, f := range p.opts.TCPForwards {
+		ln, err := listen(f.Listen)
+		if err != nil {
+			inLn.Close()
+			outLn.Close()
+			admLn.Close()
+			closeFwd()
+			return fmt.Errorf("tcp forward %s=%s: %w", f.Listen, f.Authority, err)
+		}
+		fwdLns = append(fwdLns, ln)
+		p.TCPForwards = append(p.TCPForwards, ln.Addr())
+	}
 	p.Inbound, p.Outbound, p.Admin = inLn.Addr(), outLn.Addr(), admLn.Addr()
 	close(p.listening)
 
@@ -224,6 +262,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if err := p.client.CertifyUntilDone(ctx); err != nil {
 		inLn.Close()
 		outLn.Close()
+		closeFwd()
 		if ctx.Err() != nil {
 			return nil // stopped before it was certified: nothing to drain
 		}
@@ -244,11 +283,20 @@ func (p *Proxy) Run(ctx context.Context) error {
 	go p.sweepLoop(bg)
 
 	inbound := &http.Server{Handler: http.HandlerFunc(p.serveInbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-	outbound := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	// The outbound listener serves HTTP/1.1 (the app's HTTP proxy) and h2c
+	// with prior knowledge, told apart by net/http from the connection's
+	// first bytes (the HTTP/2 preface); see docs/adr/0004.
+	var outProtos http.Protocols
+	outProtos.SetHTTP1(true)
+	outProtos.SetUnencryptedHTTP2(true)
+	outbound := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &outProtos}
 	acc := newTLSAcceptor(inLn, spiffe.ServerTLS(p.creds), p)
 	go acc.run()
 	go inbound.Serve(acc)
 	go outbound.Serve(outLn)
+	for i, ln := range fwdLns {
+		go p.serveTCPForward(bg, ln, p.opts.TCPForwards[i].Authority)
+	}
 
 	select {
 	case <-policyReady:
@@ -265,6 +313,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(context.Background(), p.opts.DrainTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
+	closeFwd()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.streams.drain(dctx) // tunnels and switched connections, which the servers forgot
+	}()
 	for _, s := range []*http.Server{inbound, outbound} {
 		wg.Add(1)
 		go func() {
@@ -278,6 +332,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	acc.Close()
 	p.log.Info("stopped")
 	return nil
+}
+
+// h2cOnly is the protocol set of a transport that speaks HTTP/2 with prior
+// knowledge, unencrypted, for http:// URLs.
+func h2cOnly() *http.Protocols {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	return &p
 }
 
 // listen opens a TCP listener on host:port, or takes over the listening socket
