@@ -77,7 +77,7 @@ stays in the state directory.`,
 	f.StringVar(&o.healthAddr, "health-listen", ":9091", "with --kubernetes: `address` of /healthz and /readyz")
 	f.StringVar(&o.webhookAddr, "webhook-listen", ":9443", "with --kubernetes and --proxy-image: `address` of the injection webhook (HTTPS, /mutate)")
 	f.StringVar(&o.proxyImage, "proxy-image", "", "with --kubernetes: the sidecar `image` to inject; empty: no injection webhook")
-	f.StringVar(&o.injectControlPlane, "inject-control-plane", "trellis-control-plane.trellis-system.svc:15128", "with --kubernetes: the `address` injected sidecars reach the control plane at")
+	f.StringVar(&o.injectControlPlane, "inject-control-plane", "", "with --kubernetes: the `address` injected sidecars reach the control plane at; default: its Service's ClusterIP, port 15128")
 	return cmd
 }
 

@@ -84,6 +84,8 @@ It accepts the SMI and Open Service Mesh YAML users already have.`,
 	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", DefaultStateDir(), "local-mode state `directory` (env "+StateDirEnv+")")
 	root.AddCommand(
 		newControlPlaneCmd(g),
+		newInstallCmd(g),
+		newUninstallCmd(g),
 		newApplyCmd(g),
 		newGetCmd(g),
 		newDeleteCmd(g),

@@ -86,6 +86,20 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 	if err != nil {
 		return fmt.Errorf("certificate authority: %w", err)
 	}
+	// Installed in a cluster, the control plane's own Service names where
+	// sidecars reach it: its ClusterIP goes in the certificate and, unless
+	// told otherwise, in the sidecars it injects (pods may have no DNS).
+	if svc, err := o.Client.CoreV1().Services(o.Namespace).Get(ctx, ServiceName, metav1.GetOptions{}); err == nil && svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		if ip := net.ParseIP(svc.Spec.ClusterIP); ip != nil {
+			o.IPs = append(o.IPs, ip)
+			if o.Inject.ControlPlane == "" {
+				o.Inject.ControlPlane = net.JoinHostPort(svc.Spec.ClusterIP, "15128")
+			}
+		}
+	}
+	if o.Inject.ProxyImage != "" && o.Inject.ControlPlane == "" {
+		return fmt.Errorf("injection needs the address sidecars reach the control plane at: there is no Service %s/%s; pass --inject-control-plane", o.Namespace, ServiceName)
+	}
 	src := kube.New(kube.Options{Client: o.Client, Dynamic: o.Dynamic, Logger: log.With("component", "kube-source")})
 	srv := serve.New(serve.Config{Authenticator: &kube.TokenReviewer{Client: o.Client}, Signer: ca, LeafTTL: o.LeafTTL, Logger: log})
 
@@ -163,6 +177,11 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 	case <-src.Synced():
 	}
 	srv.Update(src.Snapshot())
+	if webhook != nil {
+		if err := setWebhookCABundle(ctx, o.Client, ca.BundlePEM()); err != nil {
+			log.Warn("the injection webhook's caBundle is not set; the API server cannot call the webhook until it is", "err", err)
+		}
+	}
 	bundles := &caBundles{client: o.Client, pem: ca.BundlePEM(), log: log}
 	bundles.ensure(ctx, src.MeshedNamespaces())
 	log.Info("control plane serving", "mode", "kubernetes", "grpc", info.GRPC, "health", info.Health, "webhook", info.Webhook,
@@ -183,6 +202,37 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 			log.Debug("snapshot", "hash", snap.Hash(), "problems", len(src.Problems()))
 		}
 	}
+}
+
+// ServiceName and WebhookConfigName are the installed objects the control
+// plane looks for in Kubernetes mode (internal/manifests installs them).
+const (
+	ServiceName       = "trellis-control-plane"
+	WebhookConfigName = "trellis-injector"
+)
+
+// setWebhookCABundle writes the CA that signs the webhook's certificate into
+// the installed MutatingWebhookConfiguration, if there is one.
+func setWebhookCABundle(ctx context.Context, c kubernetes.Interface, pem []byte) error {
+	wh, err := c.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, WebhookConfigName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil // not installed with trellis install: whoever registered the webhook sets its CA
+	}
+	if err != nil {
+		return err
+	}
+	changed := false
+	for i := range wh.Webhooks {
+		if !bytes.Equal(wh.Webhooks[i].ClientConfig.CABundle, pem) {
+			wh.Webhooks[i].ClientConfig.CABundle = pem
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	_, err = c.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(ctx, wh, metav1.UpdateOptions{})
+	return err
 }
 
 // caBundles keeps the trellis-ca-bundle ConfigMap, the roots injected

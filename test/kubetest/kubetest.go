@@ -58,7 +58,8 @@ func New(t *testing.T) *Cluster {
 	return c
 }
 
-var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+// CRDResource is where CustomResourceDefinitions live.
+var CRDResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
 // installCRDs creates or updates Trellis's CRDs and waits until each is served.
 func (c *Cluster) installCRDs(t *testing.T) {
@@ -69,14 +70,14 @@ func (c *Cluster) installCRDs(t *testing.T) {
 		if err := yaml.Unmarshal(doc, &u.Object); err != nil {
 			t.Fatal(err)
 		}
-		_, err := c.Dynamic.Resource(crdGVR).Create(ctx, u, metav1.CreateOptions{})
+		_, err := c.Dynamic.Resource(CRDResource).Create(ctx, u, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
-			cur, gerr := c.Dynamic.Resource(crdGVR).Get(ctx, u.GetName(), metav1.GetOptions{})
+			cur, gerr := c.Dynamic.Resource(CRDResource).Get(ctx, u.GetName(), metav1.GetOptions{})
 			if gerr != nil {
 				t.Fatal(gerr)
 			}
 			u.SetResourceVersion(cur.GetResourceVersion())
-			_, err = c.Dynamic.Resource(crdGVR).Update(ctx, u, metav1.UpdateOptions{})
+			_, err = c.Dynamic.Resource(CRDResource).Update(ctx, u, metav1.UpdateOptions{})
 		}
 		if err != nil {
 			t.Fatalf("CRD %s: %v", u.GetName(), err)

@@ -1,0 +1,135 @@
+package kube
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/trellis-mesh/trellis/internal/cli"
+	"github.com/trellis-mesh/trellis/internal/controlplane"
+	"github.com/trellis-mesh/trellis/internal/inject"
+	"github.com/trellis-mesh/trellis/test/kubetest"
+)
+
+// trellis runs the CLI in the test and fails it on a non-zero exit.
+func trellis(t *testing.T, args ...string) string {
+	t.Helper()
+	var out, errb bytes.Buffer
+	if code := cli.Main(context.Background(), append(args, "--kubeconfig", os.Getenv(kubetest.KubeconfigEnv)), &out, &errb); code != 0 {
+		t.Fatalf("trellis %v: exit %d\n%s%s", args, code, out.String(), errb.String())
+	}
+	return errb.String()
+}
+
+// TestInstallUninstall installs Trellis with the CLI from its embedded
+// manifests, runs a meshed client and server, checks the client is served
+// through the sidecars injected by the installed control plane, then
+// uninstalls and sees the apps, restarted, run without the mesh, while the
+// users' resources' CRDs stay.
+func TestInstallUninstall(t *testing.T) {
+	if os.Getenv(ImagesEnv) == "" {
+		t.Skipf("Trellis's images are not in the cluster: set $%s after test/cluster/images.sh (make e2e-kube does)", ImagesEnv)
+	}
+	c := kubetest.New(t)
+	uninstalled := false
+	t.Cleanup(func() {
+		if !uninstalled {
+			var out bytes.Buffer
+			cli.Main(context.Background(), []string{"uninstall", "--kubeconfig", os.Getenv(kubetest.KubeconfigEnv)}, &out, &out)
+		}
+	})
+	start := time.Now()
+	progress := trellis(t, "install", "--wait", "--set", "pullPolicy=Never", "--timeout", "3m")
+	t.Logf("trellis install --wait: ready in %s\n%s", time.Since(start).Round(100*time.Millisecond), progress)
+	// Installing again changes nothing and succeeds.
+	trellis(t, "install", "--set", "pullPolicy=Never")
+
+	ns := c.Namespace(t, "shop", true)
+	m := &mesh{c: c}
+	m.service(t, ns, "bookstore", map[string]string{"app": "bookstore"}, 14001)
+	// The store listens on every address so that, once the mesh is gone, its
+	// client can reach it without a sidecar.
+	m.app(t, ns, "bookstore", "bookstore", nil, 14001, "bookstore", "--listen", "0.0.0.0:14001", "--warehouse", "http://127.0.0.1:1")
+	m.app(t, ns, "bookbuyer", "bookbuyer", nil, 0, "bookbuyer", "--listen", "0.0.0.0:8080", "--bookstore", "http://bookstore."+ns+":14001")
+	m.waitRunning(t, ns, "bookstore")
+	buyerIP := m.waitRunning(t, ns, "bookbuyer")
+	servedNow := func(who string) func() error {
+		return func() error {
+			a := stats(t, buyerIP)
+			time.Sleep(2 * time.Second)
+			b := stats(t, buyerIP)
+			if b.OK-a.OK < 5 {
+				return fmt.Errorf("%s: %d more 2xx in 2 s (reasons %v)", who, b.OK-a.OK, b.Reasons)
+			}
+			return nil
+		}
+	}
+	kubetest.Eventually(t, 60*time.Second, "bookbuyer served through the installed mesh", servedNow("bookbuyer"))
+
+	trellis(t, "uninstall")
+	uninstalled = true
+	bg := context.Background()
+	if _, err := c.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(bg, controlplane.WebhookConfigName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the webhook configuration is still there after uninstall: %v", err)
+	}
+	if _, err := c.Client.CoreV1().Namespaces().Get(bg, "trellis-system", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("trellis-system is still there after uninstall: %v", err)
+	}
+	if _, err := c.Dynamic.Resource(kubetest.CRDResource).Get(bg, "trafficsplits.split.smi-spec.io", metav1.GetOptions{}); err != nil {
+		t.Errorf("the TrafficSplit CRD is gone after uninstall without --delete-crds: %v", err)
+	}
+
+	// Restarted, the apps run without the mesh: no sidecar is injected, and the
+	// client reaches the store by its Service's address (the test cluster has
+	// no DNS, which only the mesh's sidecars did without).
+	svc, err := c.Client.CoreV1().Services(ns).Get(bg, "bookstore", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"bookstore", "bookbuyer"} {
+		if err := c.Client.CoreV1().Pods(ns).Delete(bg, p, metav1.DeleteOptions{GracePeriodSeconds: kubetest.Ptr(int64(0))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kubetest.Eventually(t, 60*time.Second, "the old pods gone", func() error {
+		pods, err := c.Client.CoreV1().Pods(ns).List(bg, metav1.ListOptions{})
+		if err != nil || len(pods.Items) > 0 {
+			return fmt.Errorf("%d pods left (%v)", len(pods.Items), err)
+		}
+		return nil
+	})
+	m.app(t, ns, "bookstore", "bookstore", nil, 14001, "bookstore", "--listen", "0.0.0.0:14001", "--warehouse", "http://127.0.0.1:1")
+	m.app(t, ns, "bookbuyer", "bookbuyer", nil, 0, "bookbuyer", "--listen", "0.0.0.0:8080", "--bookstore", "http://"+svc.Spec.ClusterIP+":14001")
+	buyerIP = m.waitPlain(t, ns, "bookbuyer")
+	m.waitPlain(t, ns, "bookstore")
+	kubetest.Eventually(t, 60*time.Second, "bookbuyer served without the mesh", servedNow("bookbuyer"))
+}
+
+// waitPlain waits until an uninjected pod runs and returns its IP.
+func (m *mesh) waitPlain(t *testing.T, ns, name string) string {
+	t.Helper()
+	var ip string
+	kubetest.Eventually(t, 60*time.Second, "pod "+ns+"/"+name+" running", func() error {
+		p, err := m.c.Client.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, c := range p.Spec.InitContainers {
+			if c.Name == inject.ProxyContainer {
+				t.Fatalf("pod %s/%s was injected after uninstall", ns, name)
+			}
+		}
+		if len(p.Status.ContainerStatuses) == 0 || p.Status.ContainerStatuses[0].State.Running == nil || p.Status.PodIP == "" {
+			return fmt.Errorf("phase %s", p.Status.Phase)
+		}
+		ip = p.Status.PodIP
+		return nil
+	})
+	return ip
+}
