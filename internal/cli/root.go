@@ -85,6 +85,7 @@ It accepts the SMI and Open Service Mesh YAML users already have.`,
 	root.AddCommand(
 		newControlPlaneCmd(g),
 		newInstallCmd(g),
+		newNamespaceCmd(g),
 		newUninstallCmd(g),
 		newApplyCmd(g),
 		newGetCmd(g),

@@ -3,6 +3,7 @@ package kube
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/trellis-mesh/trellis/internal/cli"
 	"github.com/trellis-mesh/trellis/internal/controlplane"
@@ -132,4 +134,51 @@ func (m *mesh) waitPlain(t *testing.T, ns, name string) string {
 		return nil
 	})
 	return ip
+}
+
+// TestNamespaceCommands adds a namespace to the mesh, lists it with one that
+// OSM's `osm namespace add` labeled, and removes both.
+func TestNamespaceCommands(t *testing.T) {
+	c := kubetest.New(t)
+	plain := c.Namespace(t, "plain", false)
+	osm := c.Namespace(t, "osm", false)
+	bg := context.Background()
+	if _, err := c.Client.CoreV1().Namespaces().Patch(bg, osm, types.MergePatchType,
+		[]byte(`{"metadata":{"labels":{"openservicemesh.io/monitored-by":"osm"},"annotations":{"openservicemesh.io/sidecar-injection":"enabled"}}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	list := func() map[string]string {
+		t.Helper()
+		var out, errb bytes.Buffer
+		if code := cli.Main(bg, []string{"namespace", "list", "-o", "json", "--kubeconfig", os.Getenv(kubetest.KubeconfigEnv)}, &out, &errb); code != 0 {
+			t.Fatalf("namespace list: exit %d: %s", code, errb.String())
+		}
+		var rows []struct {
+			Name, By  string
+			Injection bool
+		}
+		if err := json.Unmarshal(out.Bytes(), &rows); err != nil {
+			t.Fatalf("namespace list -o json: %v\n%s", err, out.String())
+		}
+		got := map[string]string{}
+		for _, r := range rows {
+			got[r.Name] = fmt.Sprintf("%s %v", r.By, r.Injection)
+		}
+		return got
+	}
+	if got := list(); got[plain] != "" || got[osm] != "osm (osm) true" {
+		t.Errorf("before add: %s %q, %s %q; want absent and osm (osm) true", plain, got[plain], osm, got[osm])
+	}
+	trellis(t, "namespace", "add", plain)
+	if got := list(); got[plain] != "trellis true" {
+		t.Errorf("after add: %s %q, want trellis true", plain, got[plain])
+	}
+	trellis(t, "namespace", "remove", plain, osm)
+	if got := list(); got[plain] != "" || got[osm] != "" {
+		t.Errorf("after remove: %s %q, %s %q; want both absent", plain, got[plain], osm, got[osm])
+	}
+	var out, errb bytes.Buffer
+	if code := cli.Main(bg, []string{"namespace", "add", "kube-system", "--kubeconfig", os.Getenv(kubetest.KubeconfigEnv)}, &out, &errb); code == 0 {
+		t.Error("namespace add kube-system succeeded")
+	}
 }
