@@ -13,6 +13,8 @@ import (
 
 type checkOptions struct {
 	*globals
+	pre        bool
+	kubeconfig string
 	output     string
 	certWarn   time.Duration
 	httpClient *http.Client
@@ -43,15 +45,23 @@ ignored), and for every registered workload checks that its sidecar is connected
 holds the inbound policy version the control plane has compiled for it now, and has a
 certificate that is not about to expire.
 
+With --pre, checks instead that a Kubernetes cluster can take Trellis before trellis install:
+the API server answers, runs native sidecars, and lets you create what install creates.
+
 Exit code: 0 when nothing failed (warnings allowed), 1 otherwise.`,
-		Example: "  trellis check\n  trellis check -o json",
+		Example: "  trellis check\n  trellis check -o json\n  trellis check --pre --kubeconfig ~/.kube/config",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.pre {
+				return o.runPre(cmd.Context(), cmd.OutOrStdout())
+			}
 			return o.run(cmd.Context(), cmd.OutOrStdout())
 		},
 	}
 	cmd.Flags().StringVarP(&o.output, "output", "o", "", "json or yaml")
 	cmd.Flags().DurationVar(&o.certWarn, "cert-warn", 6*time.Hour, "warn when a sidecar certificate expires sooner than this")
+	cmd.Flags().BoolVar(&o.pre, "pre", false, "check a Kubernetes cluster before trellis install")
+	cmd.Flags().StringVar(&o.kubeconfig, "kubeconfig", "", "with --pre: kubeconfig `file`; default: in-cluster credentials, then $KUBECONFIG")
 	return cmd
 }
 

@@ -244,6 +244,15 @@ func (o *installOptions) install(ctx context.Context, progress io.Writer) error 
 				return false, "webhook " + w.Name + ": waiting for the control plane to write its CA", nil
 			}
 		}
+		vh, err := c.client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, controlplane.ValidatorConfigName, metav1.GetOptions{})
+		if err != nil {
+			return false, "", err
+		}
+		for _, w := range vh.Webhooks {
+			if len(w.ClientConfig.CABundle) == 0 {
+				return false, "webhook " + w.Name + ": waiting for the control plane to write its CA", nil
+			}
+		}
 		return true, "", nil
 	}, func(msg string) {
 		if msg != last {

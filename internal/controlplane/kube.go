@@ -41,9 +41,10 @@ type KubeOptions struct {
 	IPs      []net.IP
 	// Namespace the control plane runs in; default trellis-system.
 	Namespace string
-	// WebhookAddr serves the injection webhook (HTTPS) at /mutate; default
-	// :9443. Inject configures the sidecars it adds; without a ProxyImage no
-	// webhook is served.
+	// WebhookAddr serves the webhooks (HTTPS): injection at /mutate and the
+	// validation of Trellis's custom resources at /validate; default :9443.
+	// Inject configures the sidecars it adds; without a ProxyImage no webhook
+	// is served.
 	WebhookAddr string
 	Inject      inject.Config
 	LeafTTL     time.Duration
@@ -143,6 +144,7 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 		}
 		wmux := http.NewServeMux()
 		wmux.Handle("POST /mutate", &inject.Webhook{Config: o.Inject, Namespaces: src.Namespace, Logger: log.With("component", "injector")})
+		wmux.Handle("POST /validate", validator{})
 		webhook = &http.Server{Handler: wmux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{
 			MinVersion:     tls.VersionTLS12, // the API server's client
 			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert.get(time.Now()) },
@@ -204,35 +206,55 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 	}
 }
 
-// ServiceName and WebhookConfigName are the installed objects the control
-// plane looks for in Kubernetes mode (internal/manifests installs them).
+// The installed objects the control plane looks for in Kubernetes mode
+// (internal/manifests installs them).
 const (
-	ServiceName       = "trellis-control-plane"
-	WebhookConfigName = "trellis-injector"
+	ServiceName         = "trellis-control-plane"
+	WebhookConfigName   = "trellis-injector"  // MutatingWebhookConfiguration
+	ValidatorConfigName = "trellis-validator" // ValidatingWebhookConfiguration
 )
 
-// setWebhookCABundle writes the CA that signs the webhook's certificate into
-// the installed MutatingWebhookConfiguration, if there is one.
+// setWebhookCABundle writes the CA that signs the webhooks' certificate into
+// the installed webhook configurations, where there are some (whoever
+// registered them otherwise sets their CA).
 func setWebhookCABundle(ctx context.Context, c kubernetes.Interface, pem []byte) error {
-	wh, err := c.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, WebhookConfigName, metav1.GetOptions{})
+	ar := c.AdmissionregistrationV1()
+	if m, err := ar.MutatingWebhookConfigurations().Get(ctx, WebhookConfigName, metav1.GetOptions{}); err == nil {
+		changed := false
+		for i := range m.Webhooks {
+			changed = setCA(&m.Webhooks[i].ClientConfig.CABundle, pem) || changed
+		}
+		if changed {
+			if _, err := ar.MutatingWebhookConfigurations().Update(ctx, m, metav1.UpdateOptions{}); err != nil {
+				return err
+			}
+		}
+	} else if !apierrors.IsNotFound(err) {
+		return err
+	}
+	v, err := ar.ValidatingWebhookConfigurations().Get(ctx, ValidatorConfigName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil // not installed with trellis install: whoever registered the webhook sets its CA
+		return nil
 	}
 	if err != nil {
 		return err
 	}
 	changed := false
-	for i := range wh.Webhooks {
-		if !bytes.Equal(wh.Webhooks[i].ClientConfig.CABundle, pem) {
-			wh.Webhooks[i].ClientConfig.CABundle = pem
-			changed = true
-		}
+	for i := range v.Webhooks {
+		changed = setCA(&v.Webhooks[i].ClientConfig.CABundle, pem) || changed
 	}
-	if !changed {
-		return nil
+	if changed {
+		_, err = ar.ValidatingWebhookConfigurations().Update(ctx, v, metav1.UpdateOptions{})
 	}
-	_, err = c.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(ctx, wh, metav1.UpdateOptions{})
 	return err
+}
+
+func setCA(dst *[]byte, pem []byte) bool {
+	if bytes.Equal(*dst, pem) {
+		return false
+	}
+	*dst = pem
+	return true
 }
 
 // caBundles keeps the trellis-ca-bundle ConfigMap, the roots injected

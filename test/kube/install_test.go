@@ -6,11 +6,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/trellis-mesh/trellis/internal/cli"
@@ -53,6 +57,20 @@ func TestInstallUninstall(t *testing.T) {
 	trellis(t, "install", "--set", "pullPolicy=Never")
 
 	ns := c.Namespace(t, "shop", true)
+
+	// The validating webhook refuses what Trellis would, naming the field.
+	kubetest.Eventually(t, 20*time.Second, "the validating webhook refusing a bad TrafficSplit", func() error {
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "split.smi-spec.io/v1alpha2", "kind": "TrafficSplit",
+			"metadata": map[string]any{"name": "bad", "namespace": ns},
+			"spec":     map[string]any{"service": "bookstore", "backends": []any{map[string]any{"service": "bookstore-v1", "weight": int64(0)}}},
+		}}
+		_, err := c.Dynamic.Resource(c.GVR(t, "TrafficSplit")).Namespace(ns).Create(context.Background(), u, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		if err == nil || !strings.Contains(err.Error(), "spec.backends: weights sum to 0") {
+			return fmt.Errorf("create = %v, want a refusal naming spec.backends", err)
+		}
+		return nil
+	})
 	m := &mesh{c: c}
 	m.service(t, ns, "bookstore", map[string]string{"app": "bookstore"}, 14001)
 	// The store listens on every address so that, once the mesh is gone, its
@@ -73,6 +91,42 @@ func TestInstallUninstall(t *testing.T) {
 		}
 	}
 	kubetest.Eventually(t, 60*time.Second, "bookbuyer served through the installed mesh", servedNow("bookbuyer"))
+
+	// A Job's pod completes: the native sidecar stops once the job's
+	// container has exited.
+	job := &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: "once"},
+		Spec: batchv1.JobSpec{
+			BackoffLimit: kubetest.Ptr(int32(0)),
+			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+				RestartPolicy: corev1.RestartPolicyNever,
+				Containers:    []corev1.Container{{Name: "once", Image: "localhost/trellis/trellis:dev", ImagePullPolicy: corev1.PullNever, Args: []string{"version"}}},
+			}},
+		},
+	}
+	if _, err := c.Client.BatchV1().Jobs(ns).Create(context.Background(), job, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	kubetest.Eventually(t, 60*time.Second, "the meshed Job completes", func() error {
+		j, err := c.Client.BatchV1().Jobs(ns).Get(context.Background(), "once", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if j.Status.Failed > 0 {
+			t.Fatalf("the Job failed: %+v", j.Status)
+		}
+		if j.Status.Succeeded != 1 {
+			return fmt.Errorf("job status %+v", j.Status)
+		}
+		return nil
+	})
+	pods, err := c.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "job-name=once"})
+	if err != nil || len(pods.Items) != 1 || len(pods.Items[0].Spec.InitContainers) == 0 || pods.Items[0].Spec.InitContainers[0].Name != inject.ProxyContainer {
+		t.Errorf("the Job's pod was not meshed: %v %+v", err, pods)
+	}
+	if err := c.Client.BatchV1().Jobs(ns).Delete(context.Background(), "once", metav1.DeleteOptions{PropagationPolicy: kubetest.Ptr(metav1.DeletePropagationBackground)}); err != nil {
+		t.Fatal(err)
+	}
 
 	trellis(t, "uninstall")
 	uninstalled = true
@@ -180,5 +234,31 @@ func TestNamespaceCommands(t *testing.T) {
 	var out, errb bytes.Buffer
 	if code := cli.Main(bg, []string{"namespace", "add", "kube-system", "--kubeconfig", os.Getenv(kubetest.KubeconfigEnv)}, &out, &errb); code == 0 {
 		t.Error("namespace add kube-system succeeded")
+	}
+}
+
+// TestCheckPre runs trellis check --pre against the test cluster as its
+// admin: the API server answers, 1.33 runs native sidecars, every permission
+// install needs is there.
+func TestCheckPre(t *testing.T) {
+	kubetest.New(t)
+	var out, errb bytes.Buffer
+	code := cli.Main(context.Background(), []string{"check", "--pre", "-o", "json", "--kubeconfig", os.Getenv(kubetest.KubeconfigEnv)}, &out, &errb)
+	var rows []struct{ Check, Object, Result, Detail string }
+	if err := json.Unmarshal(out.Bytes(), &rows); err != nil {
+		t.Fatalf("check --pre -o json: %v\n%s%s", err, out.String(), errb.String())
+	}
+	if code != 0 {
+		t.Errorf("check --pre: exit %d: %s", code, out.String())
+	}
+	got := map[string]int{}
+	for _, r := range rows {
+		got[r.Check]++
+		if r.Result == "fail" {
+			t.Errorf("check --pre: %s %s failed: %s", r.Check, r.Object, r.Detail)
+		}
+	}
+	if got["kubernetes version"] != 1 || got["permission"] != 7 {
+		t.Errorf("check --pre checked %v, want the version and 7 permissions", got)
 	}
 }
