@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -169,5 +170,58 @@ func TestRootRotationUnderLoad(t *testing.T) {
 	})
 	if later.Failed != before.Failed {
 		t.Errorf("after the rotation: failed %d→%d, want none", before.Failed, later.Failed)
+	}
+}
+
+// TestRootRotationResumesAfterRestart stops `trellis ca rotate` part way (a
+// timeout too short for the sidecars to catch up), restarts the control plane
+// on the same addresses, and runs the command again: it continues from the
+// phase the CA kept and finishes, with no failed request throughout.
+func TestRootRotationResumesAfterRestart(t *testing.T) {
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freeLoopbackPort(t))
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", freeLoopbackPort(t))
+	m := startBookstoreMesh(t, "--grpc-listen", grpcAddr, "--admin-listen", adminAddr)
+	oldRoot := pemRoots(t, filepath.Join(m.state, "ca.pem"))[0]
+	before := getStats(t, m.buyer)
+
+	_, errOut, err := trellis(t, m.state, "ca", "rotate", "--timeout", "300ms")
+	if err == nil || !strings.Contains(errOut, "timed out") {
+		t.Fatalf("ca rotate --timeout 300ms: err %v, stderr %s; want a timeout while sidecars catch up", err, errOut)
+	}
+	phase := getCAStatus(t, m.state).Phase
+	if phase != "prepared" && phase != "activated" {
+		t.Fatalf("phase after the interrupted rotation = %q, want prepared or activated", phase)
+	}
+	if !strings.Contains(errOut, "phase "+phase) {
+		t.Errorf("the timeout message does not name phase %s:\n%s", phase, errOut)
+	}
+
+	m.cp.stop(t)
+	m.cp = controlPlane(t, m.state, "--grpc-listen", grpcAddr, "--admin-listen", adminAddr)
+	if got := getCAStatus(t, m.state).Phase; got != phase {
+		t.Fatalf("phase after the control plane restarted = %q, want %q kept", got, phase)
+	}
+	out, errOut, err := trellis(t, m.state, "ca", "rotate", "--timeout", "90s")
+	if err != nil {
+		t.Fatalf("ca rotate after the restart: %v\n%s%s", err, errOut, out)
+	}
+	if !strings.Contains(errOut, "continuing the rotation "+phase) {
+		t.Errorf("ca rotate after the restart did not say it continues the %s rotation:\n%s", phase, errOut)
+	}
+	time.Sleep(time.Second)
+	after := getStats(t, m.buyer)
+	if served := after.OK - before.OK; served < 20 || after.Failed != before.Failed || after.Denied != before.Denied {
+		t.Errorf("during the rotation and restart: %d served, failed %d→%d, denied %d→%d; want many served and none failed",
+			served, before.Failed, after.Failed, before.Denied, after.Denied)
+	}
+	newRoots := pemRoots(t, filepath.Join(m.state, "ca.pem"))
+	for name, w := range workloads(t, m.state) {
+		chain := servedChain(t, w.Address)
+		if err := chainsTo(chain, newRoots[0]); err != nil {
+			t.Errorf("%s: certificate does not chain to the new root: %v", name, err)
+		}
+		if err := chainsTo(chain, oldRoot); err == nil {
+			t.Errorf("%s: certificate still chains to the old root", name)
+		}
 	}
 }
