@@ -121,7 +121,9 @@ delay, when the control plane announces a step):
 ca.pem in the state directory is rewritten with the bundle at each step. Each step is kept
 in the CA's directory: if the command stops (timeout, Ctrl-C, a control-plane restart), run
 it again to continue from the phase reached. Sidecars that are registered but not connected
-are not waited for; they certify with the current bundle when they connect.
+are not waited for (the command names them): one that reconnects before the old root is
+dropped catches up, one that reconnects after cannot verify the control plane any more and
+must be started again (its "trellis run").
 
 Exit code: 0 once finished, 1 on a refusal or timeout.`,
 		Example: "  trellis ca rotate\n  trellis ca rotate --timeout 10m",
@@ -144,6 +146,11 @@ func (o *caRotateOptions) run(ctx context.Context, stdout, stderr io.Writer) err
 	st, err := c.CA(ctx)
 	if err != nil {
 		return err
+	}
+	for _, s := range st.Sidecars {
+		if !s.Connected {
+			fmt.Fprintf(stderr, "warning: %s is registered but its sidecar is not connected: it is not waited for, and must be started again if it reconnects after the old root is dropped\n", s.Workload)
+		}
 	}
 	step := func(name, done string) error {
 		s, err := c.RotateStep(ctx, name)
