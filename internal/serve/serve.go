@@ -97,6 +97,7 @@ type Server struct {
 	destWatchers    map[compile.Target]map[*mailbox]struct{}
 	inboundWatchers map[*mailbox]struct{}
 
+	trustAt     atomic.Int64 // last TrustChanged, Unix nanoseconds
 	streams     atomic.Int64
 	conns       atomic.Int64
 	pushes      atomic.Int64
@@ -396,6 +397,10 @@ func (s *Server) watchInbound(req *proxyv1.InboundRequest, stream grpc.ServerStr
 		if tv, ok := s.cfg.Signer.(trustVersioner); ok {
 			ic.TrustVersion = tv.TrustVersion()
 		}
+		// A push caused by a rotation step is timed from that step.
+		if t := time.Unix(0, s.trustAt.Load()); t.After(at) {
+			at = t
+		}
 		return inboundMsg{ic}, at, nil
 	}, func(v versioned) error { return stream.Send(v.(inboundMsg).InboundConfig) })
 }
@@ -410,6 +415,7 @@ func (m inboundMsg) GetVersion() string {
 // TrustChanged sends every inbound stream its config again if the Signer's
 // trust version changed: call it after each step of a root rotation.
 func (s *Server) TrustChanged() {
+	s.trustAt.Store(time.Now().UnixNano())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for m := range s.inboundWatchers {
