@@ -76,6 +76,7 @@ type CA struct {
 	interKey *ecdsa.PrivateKey
 	phase    Phase
 	next     *generation // the new root and intermediate while prepared or activated
+	version  string      // TrustVersion, computed at each change
 }
 
 // LoadOrCreate loads the CA kept in dir, or creates one there if dir holds none.
@@ -148,6 +149,7 @@ func LoadOrCreate(dir string, opts Options) (*CA, error) {
 	if err := ca.resumeRotation(rot); err != nil {
 		return nil, err
 	}
+	ca.setVersionLocked()
 	return ca, nil
 }
 

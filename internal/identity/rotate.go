@@ -114,6 +114,7 @@ func (ca *CA) Prepare() error {
 		return fmt.Errorf("prepare root rotation: %w", err)
 	}
 	ca.phase, ca.next = PhasePrepared, next
+	ca.setVersionLocked()
 	return nil
 }
 
@@ -129,6 +130,7 @@ func (ca *CA) Activate() error {
 		return fmt.Errorf("activate root rotation: %w", err)
 	}
 	ca.phase = PhaseActivated
+	ca.setVersionLocked()
 	return nil
 }
 
@@ -151,6 +153,7 @@ func (ca *CA) Finish() error {
 	}
 	ca.root, ca.inter, ca.interKey = ca.next.root, ca.next.inter, ca.next.interKey
 	ca.phase, ca.next = PhaseFinished, nil
+	ca.setVersionLocked()
 	return nil
 }
 

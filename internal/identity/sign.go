@@ -103,9 +103,12 @@ func (ca *CA) TrustVersion() string {
 	return ca.trustVersionLocked()
 }
 
-func (ca *CA) trustVersionLocked() string {
+func (ca *CA) trustVersionLocked() string { return ca.version }
+
+// setVersionLocked computes the trust version after the CA changed.
+func (ca *CA) setVersionLocked() {
 	inter, _ := ca.signerLocked()
-	return spiffe.TrustVersion(ca.bundleLocked(), inter.Raw)
+	ca.version = spiffe.TrustVersion(ca.bundleLocked(), inter.Raw)
 }
 
 // signer returns the intermediate that signs now, and its key.
