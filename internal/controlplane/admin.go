@@ -61,7 +61,8 @@ type adminAPI struct {
 // newAdmin serves the admin API, every path behind the admin token except
 // GET /metrics, which holds only counts and timings and is scraped as
 // Prometheus scrapes any target.
-func newAdmin(store *local.Store, srv *serve.Server, builds *metrics.Histogram, token string, log *slog.Logger) http.Handler {
+// rot, when not nil, adds the CA's rotation under /v1/ca.
+func newAdmin(store *local.Store, srv *serve.Server, builds *metrics.Histogram, token string, log *slog.Logger, rot *rotator) http.Handler {
 	a := &adminAPI{store: store, srv: srv, builds: builds, token: token, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/apply", a.apply)
@@ -74,6 +75,9 @@ func newAdmin(store *local.Store, srv *serve.Server, builds *metrics.Histogram, 
 	mux.HandleFunc("GET /v1/status", a.status)
 	mux.HandleFunc("POST /v1/policy/check", a.policyCheck)
 	mux.HandleFunc("GET /v1/versions", a.versions)
+	if rot != nil {
+		rot.routes(mux)
+	}
 	top := http.NewServeMux()
 	top.HandleFunc("GET /metrics", a.metrics)
 	top.Handle("/", a.auth(mux))

@@ -169,3 +169,19 @@ func (c *Client) InboundVersions(ctx context.Context) (map[string]string, error)
 	err := c.do(ctx, http.MethodGet, "/v1/versions", nil, &out)
 	return out, err
 }
+
+// CA returns the certificate authority's status and what each sidecar holds.
+func (c *Client) CA(ctx context.Context) (CAStatus, error) {
+	var out CAStatus
+	err := c.do(ctx, http.MethodGet, "/v1/ca", nil, &out)
+	return out, err
+}
+
+// RotateStep takes one step of a root rotation (StepPrepare, StepActivate or
+// StepFinish) and returns the status after it. A step out of order is an
+// *APIError with status 409.
+func (c *Client) RotateStep(ctx context.Context, step string) (CAStatus, error) {
+	var out CAStatus
+	err := c.do(ctx, http.MethodPost, "/v1/ca/"+step, nil, &out)
+	return out, err
+}

@@ -99,7 +99,8 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
-	srv := serve.New(serve.Config{Authenticator: store, Signer: ca, Observer: store, LeafTTL: o.LeafTTL, Logger: log})
+	trust := newTrustTracker()
+	srv := serve.New(serve.Config{Authenticator: store, Signer: ca, Observer: store, Trust: trust, LeafTTL: o.LeafTTL, Logger: log})
 	srv.Update(store.Snapshot())
 
 	g, gl, err := listenGRPC(o.GRPCAddr, ca, srv, store.Snapshot().Mesh().TrustDomain, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback})
@@ -116,7 +117,8 @@ func Run(ctx context.Context, o Options) error {
 	if err := local.WriteFileAtomic(filepath.Join(o.StateDir, InfoFile), b, 0o644); err != nil {
 		return err
 	}
-	admin := &http.Server{Handler: newAdmin(store, srv, builds, adminToken, log), ReadHeaderTimeout: 10 * time.Second}
+	rot := &rotator{ca: ca, srv: srv, store: store, trust: trust, caFile: filepath.Join(o.StateDir, CAFile), log: log}
+	admin := &http.Server{Handler: newAdmin(store, srv, builds, adminToken, log, rot), ReadHeaderTimeout: 10 * time.Second}
 	go g.Serve(gl)
 	go admin.Serve(al)
 	log.Info("control plane serving", "grpc", info.GRPC, "admin", info.Admin, "state", o.StateDir, "snapshot", store.Snapshot().Hash())
@@ -147,32 +149,41 @@ func Run(ctx context.Context, o Options) error {
 }
 
 // listenGRPC makes the gRPC server sidecars talk to, serving srv over TLS with
-// a certificate from ca for the given names (renewed like every workload's),
-// verifying client certificates when given, and listens on addr.
+// a certificate from ca for the given names (renewed like every workload's, and
+// at once when a root rotation changes the CA's trust version), verifying
+// client certificates when given against the CA's current bundle, and listens
+// on addr.
 func listenGRPC(addr string, ca *identity.CA, srv *serve.Server, trustDomain string, dnsNames []string, ips []net.IP) (*grpc.Server, net.Listener, error) {
 	cpID := spiffe.ID{TrustDomain: trustDomain, Namespace: identityNS, Account: "trellis-control-plane"}
 	serving := &servingCert{issue: func() (tls.Certificate, error) {
 		return ca.ServingCert(cpID, dnsNames, ips)
-	}}
+	}, version: ca.TrustVersion}
 	if _, err := serving.get(time.Now()); err != nil {
 		return nil, nil, err
 	}
-	roots := x509.NewCertPool()
-	for _, der := range ca.Bundle() {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, nil, err
-		}
-		roots.AddCert(c)
+	roots := &trustedRoots{ca: ca}
+	if _, err := roots.get(); err != nil {
+		return nil, nil, err
 	}
-	tlsConf := &tls.Config{
+	base := &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return serving.get(time.Now())
 		},
 		ClientAuth: tls.VerifyClientCertIfGiven,
-		ClientCAs:  roots,
 		NextProtos: []string{"h2"},
+	}
+	tlsConf := base.Clone()
+	// Client certificates verify against the bundle of the moment, which a
+	// root rotation changes.
+	tlsConf.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		pool, err := roots.get()
+		if err != nil {
+			return nil, err
+		}
+		c := base.Clone()
+		c.ClientCAs = pool
+		return c, nil
 	}
 	g := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsConf)),
@@ -213,16 +224,24 @@ func loadOrCreateToken(path string) (string, error) {
 // servingCert is the control plane's own certificate, renewed at two thirds of
 // its life like every workload's.
 type servingCert struct {
-	issue   func() (tls.Certificate, error)
+	issue func() (tls.Certificate, error)
+	// version, when set, returns the CA's trust version: a change renews the
+	// certificate at once, so that it comes from the intermediate that signs.
+	version func() string
 	mu      sync.Mutex
 	cert    *tls.Certificate
 	renewAt time.Time
+	issued  string // version when cert was issued
 }
 
 func (s *servingCert) get(now time.Time) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cert != nil && now.Before(s.renewAt) {
+	v := ""
+	if s.version != nil {
+		v = s.version()
+	}
+	if s.cert != nil && now.Before(s.renewAt) && v == s.issued {
 		return s.cert, nil
 	}
 	c, err := s.issue()
@@ -236,7 +255,7 @@ func (s *servingCert) get(now time.Time) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.cert = &c
+	s.cert, s.issued = &c, v
 	// From now, not from NotBefore, which the CA backdates for clock skew.
 	s.renewAt = now.Add(leaf.NotAfter.Sub(now) * 2 / 3)
 	return s.cert, nil

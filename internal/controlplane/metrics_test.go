@@ -28,7 +28,7 @@ func TestAdminMetrics(t *testing.T) {
 	}
 	srv := serve.New(serve.Config{Authenticator: store})
 	srv.Update(store.Snapshot())
-	ts := httptest.NewServer(newAdmin(store, srv, builds, "secret", slog.New(slog.DiscardHandler)))
+	ts := httptest.NewServer(newAdmin(store, srv, builds, "secret", slog.New(slog.DiscardHandler), nil))
 	defer ts.Close()
 
 	resp, err := http.Get(ts.URL + "/metrics")

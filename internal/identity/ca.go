@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/model"
@@ -60,16 +61,22 @@ type Options struct {
 }
 
 // CA is the built-in certificate authority: a self-signed root and an
-// intermediate that signs every leaf. It does not change after LoadOrCreate and
-// is safe for concurrent use.
+// intermediate that signs every leaf. It changes only through the steps of a
+// root rotation (Prepare, Activate, Finish; see rotate.go) and is safe for
+// concurrent use.
 type CA struct {
 	td      string
 	leafTTL time.Duration
 	now     func() time.Time
+	dir     string
 
-	root     *x509.Certificate
+	mu       sync.RWMutex
+	root     *x509.Certificate // the root in root.crt: the old one during a rotation
 	inter    *x509.Certificate
 	interKey *ecdsa.PrivateKey
+	phase    Phase
+	next     *generation // the new root and intermediate while prepared or activated
+	version  string      // TrustVersion, computed at each change
 }
 
 // LoadOrCreate loads the CA kept in dir, or creates one there if dir holds none.
@@ -79,7 +86,7 @@ type CA struct {
 // a third of its life left is replaced at load; certificates it signed stay valid
 // because they chain to the same root.
 func LoadOrCreate(dir string, opts Options) (*CA, error) {
-	ca := &CA{td: opts.TrustDomain, leafTTL: opts.LeafTTL, now: opts.Now}
+	ca := &CA{td: opts.TrustDomain, leafTTL: opts.LeafTTL, now: opts.Now, dir: dir}
 	if ca.td == "" {
 		ca.td = model.DefaultTrustDomain
 	}
@@ -97,6 +104,13 @@ func LoadOrCreate(dir string, opts Options) (*CA, error) {
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("certificate authority: %w", err)
+	}
+
+	// A rotation that was finishing when the process stopped installs the new
+	// pair first, so that what follows loads it as the current root.
+	rot, err := ca.loadRotation()
+	if err != nil {
+		return nil, err
 	}
 
 	now := ca.now()
@@ -132,19 +146,39 @@ func LoadOrCreate(dir string, opts Options) (*CA, error) {
 		return nil, err
 	}
 	ca.inter, ca.interKey = inter, interKey
+	if err := ca.resumeRotation(rot); err != nil {
+		return nil, err
+	}
+	ca.setVersionLocked()
 	return ca, nil
 }
 
 // TrustDomain returns the trust domain the CA issues identities in.
 func (ca *CA) TrustDomain() string { return ca.td }
 
-// NotAfter returns when the intermediate expires; no leaf outlives it.
-func (ca *CA) NotAfter() time.Time { return ca.inter.NotAfter }
+// NotAfter returns when the intermediate that signs now expires; no leaf
+// outlives it.
+func (ca *CA) NotAfter() time.Time {
+	inter, _ := ca.signer()
+	return inter.NotAfter
+}
 
 func (ca *CA) createRoot(dir string, now time.Time) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	key, err := spiffe.NewKey()
+	cert, key, err := ca.newRoot(now)
 	if err != nil {
 		return nil, nil, fmt.Errorf("certificate authority in %s: root: %w", dir, err)
+	}
+	if err := writePair(dir, RootCertFile, RootKeyFile, cert, key); err != nil {
+		return nil, nil, err
+	}
+	return cert, key, nil
+}
+
+// newRoot makes a self-signed root, in memory.
+func (ca *CA) newRoot(now time.Time) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := spiffe.NewKey()
+	if err != nil {
+		return nil, nil, err
 	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: rootName, Organization: []string{"Trellis"}},
@@ -158,22 +192,31 @@ func (ca *CA) createRoot(dir string, now time.Time) (*x509.Certificate, *ecdsa.P
 	}
 	cert, err := createCert(tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("certificate authority in %s: root: %w", dir, err)
-	}
-	if err := writePair(dir, RootCertFile, RootKeyFile, cert, key); err != nil {
 		return nil, nil, err
 	}
 	return cert, key, nil
 }
 
 func (ca *CA) createIntermediate(dir string, rootKey *ecdsa.PrivateKey, now time.Time) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	key, err := spiffe.NewKey()
+	cert, key, err := ca.newIntermediate(ca.root, rootKey, now)
 	if err != nil {
 		return nil, nil, fmt.Errorf("certificate authority in %s: intermediate: %w", dir, err)
 	}
+	if err := writePair(dir, IntermediateCertFile, IntermediateKeyFile, cert, key); err != nil {
+		return nil, nil, err
+	}
+	return cert, key, nil
+}
+
+// newIntermediate makes an intermediate signed by root, in memory.
+func (ca *CA) newIntermediate(root *x509.Certificate, rootKey *ecdsa.PrivateKey, now time.Time) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := spiffe.NewKey()
+	if err != nil {
+		return nil, nil, err
+	}
 	notAfter := now.Add(intermediateTTL)
-	if notAfter.After(ca.root.NotAfter) {
-		notAfter = ca.root.NotAfter
+	if notAfter.After(root.NotAfter) {
+		notAfter = root.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: intermediateName, Organization: []string{"Trellis"}},
@@ -186,11 +229,8 @@ func (ca *CA) createIntermediate(dir string, rootKey *ecdsa.PrivateKey, now time
 		MaxPathLenZero:        true,
 		URIs:                  []*url.URL{ca.trustDomainURL()},
 	}
-	cert, err := createCert(tmpl, ca.root, &key.PublicKey, rootKey)
+	cert, err := createCert(tmpl, root, &key.PublicKey, rootKey)
 	if err != nil {
-		return nil, nil, fmt.Errorf("certificate authority in %s: intermediate: %w", dir, err)
-	}
-	if err := writePair(dir, IntermediateCertFile, IntermediateKeyFile, cert, key); err != nil {
 		return nil, nil, err
 	}
 	return cert, key, nil

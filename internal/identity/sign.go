@@ -37,11 +37,12 @@ func (ca *CA) Sign(csrDER []byte, id spiffe.ID, ttl time.Duration) ([][]byte, er
 	if !ok || pub.Curve != elliptic.P256() {
 		return nil, fmt.Errorf("sign certificate for %s: certificate request key is %s, want ECDSA P-256", id, csr.PublicKeyAlgorithm)
 	}
-	leaf, err := ca.issue(id, pub, ttl, nil, nil)
+	inter, interKey := ca.signer()
+	leaf, err := ca.issue(inter, interKey, id, pub, ttl, nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	return [][]byte{leaf.Raw, bytes.Clone(ca.inter.Raw)}, nil
+	return [][]byte{leaf.Raw, bytes.Clone(inter.Raw)}, nil
 }
 
 // ServingCert issues a certificate for the control plane's own server, with a
@@ -55,24 +56,73 @@ func (ca *CA) ServingCert(id spiffe.ID, dnsNames []string, ips []net.IP) (tls.Ce
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("serving certificate for %s: %w", id, err)
 	}
-	leaf, err := ca.issue(id, &key.PublicKey, 0, dnsNames, ips)
+	inter, interKey := ca.signer()
+	leaf, err := ca.issue(inter, interKey, id, &key.PublicKey, 0, dnsNames, ips)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
 	return tls.Certificate{
-		Certificate: [][]byte{leaf.Raw, bytes.Clone(ca.inter.Raw)},
+		Certificate: [][]byte{leaf.Raw, bytes.Clone(inter.Raw)},
 		PrivateKey:  key,
 		Leaf:        leaf,
 	}, nil
 }
 
 // Bundle returns the trust bundle workloads verify peers against: the root
-// certificate, DER encoded.
-func (ca *CA) Bundle() [][]byte { return [][]byte{bytes.Clone(ca.root.Raw)} }
+// certificate, DER encoded; during a rotation, until it finishes, the old root
+// and then the new one.
+func (ca *CA) Bundle() [][]byte {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	return ca.bundleLocked()
+}
+
+func (ca *CA) bundleLocked() [][]byte {
+	b := [][]byte{bytes.Clone(ca.root.Raw)}
+	if ca.next != nil {
+		b = append(b, bytes.Clone(ca.next.root.Raw))
+	}
+	return b
+}
 
 // BundlePEM returns the trust bundle PEM encoded.
 func (ca *CA) BundlePEM() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.root.Raw})
+	var out []byte
+	for _, der := range ca.Bundle() {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	return out
+}
+
+// TrustVersion returns the version of the CA's current state as workloads see
+// it (spiffe.TrustVersion of the bundle and the signing intermediate); it
+// changes at each step of a rotation.
+func (ca *CA) TrustVersion() string {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	return ca.trustVersionLocked()
+}
+
+func (ca *CA) trustVersionLocked() string { return ca.version }
+
+// setVersionLocked computes the trust version after the CA changed.
+func (ca *CA) setVersionLocked() {
+	inter, _ := ca.signerLocked()
+	ca.version = spiffe.TrustVersion(ca.bundleLocked(), inter.Raw)
+}
+
+// signer returns the intermediate that signs now, and its key.
+func (ca *CA) signer() (*x509.Certificate, *ecdsa.PrivateKey) {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	return ca.signerLocked()
+}
+
+func (ca *CA) signerLocked() (*x509.Certificate, *ecdsa.PrivateKey) {
+	if ca.phase == PhaseActivated {
+		return ca.next.inter, ca.next.interKey
+	}
+	return ca.inter, ca.interKey
 }
 
 func (ca *CA) checkID(id spiffe.ID) error {
@@ -85,7 +135,7 @@ func (ca *CA) checkID(id spiffe.ID) error {
 	return nil
 }
 
-func (ca *CA) issue(id spiffe.ID, pub *ecdsa.PublicKey, ttl time.Duration, dnsNames []string, ips []net.IP) (*x509.Certificate, error) {
+func (ca *CA) issue(inter *x509.Certificate, interKey *ecdsa.PrivateKey, id spiffe.ID, pub *ecdsa.PublicKey, ttl time.Duration, dnsNames []string, ips []net.IP) (*x509.Certificate, error) {
 	switch {
 	case ttl < 0:
 		return nil, fmt.Errorf("sign certificate for %s: TTL %s is negative", id, ttl)
@@ -93,13 +143,13 @@ func (ca *CA) issue(id spiffe.ID, pub *ecdsa.PublicKey, ttl time.Duration, dnsNa
 		ttl = ca.leafTTL
 	}
 	now := ca.now()
-	if !now.Before(ca.inter.NotAfter) {
+	if !now.Before(inter.NotAfter) {
 		return nil, fmt.Errorf("sign certificate for %s: intermediate CA expired at %s; restart the control plane to issue a new intermediate",
-			id, ca.inter.NotAfter.UTC().Format(time.RFC3339))
+			id, inter.NotAfter.UTC().Format(time.RFC3339))
 	}
 	notAfter := now.Add(ttl)
-	if notAfter.After(ca.inter.NotAfter) {
-		notAfter = ca.inter.NotAfter
+	if notAfter.After(inter.NotAfter) {
+		notAfter = inter.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		// The subject stays empty, so the SAN extension is marked critical, as
@@ -113,7 +163,7 @@ func (ca *CA) issue(id spiffe.ID, pub *ecdsa.PublicKey, ttl time.Duration, dnsNa
 		DNSNames:              dnsNames,
 		IPAddresses:           ips,
 	}
-	leaf, err := createCert(tmpl, ca.inter, pub, ca.interKey)
+	leaf, err := createCert(tmpl, inter, pub, interKey)
 	if err != nil {
 		return nil, fmt.Errorf("sign certificate for %s: %w", id, err)
 	}

@@ -42,6 +42,19 @@ type Signer interface {
 	Bundle() [][]byte
 }
 
+// trustVersioner is a Signer that can change its bundle or issuer while
+// running (a root rotation): Inbound configs then carry its TrustVersion, and
+// TrustChanged pushes them.
+type trustVersioner interface{ TrustVersion() string }
+
+// TrustObserver is told which trust version (spiffe.TrustVersion) a workload's
+// sidecar holds and which intermediate issued its leaf (DER, nil if unknown):
+// at each certification that names the workload, and when its inbound stream
+// opens. The control plane uses it to follow a root rotation.
+type TrustObserver interface {
+	Holds(workloadID, trustVersion string, issuer []byte)
+}
+
 // ConnectionObserver is told when a sidecar's inbound stream opens and closes; the
 // control plane uses it to know which workloads are alive.
 type ConnectionObserver interface {
@@ -55,6 +68,8 @@ type Config struct {
 	Signer        Signer
 	// Observer may be nil.
 	Observer ConnectionObserver
+	// Trust may be nil.
+	Trust TrustObserver
 	// LeafTTL is the lifetime of issued certificates unless the mesh config sets
 	// one; default 24h.
 	LeafTTL time.Duration
@@ -82,6 +97,7 @@ type Server struct {
 	destWatchers    map[compile.Target]map[*mailbox]struct{}
 	inboundWatchers map[*mailbox]struct{}
 
+	trustAt     atomic.Int64 // last TrustChanged, Unix nanoseconds
 	streams     atomic.Int64
 	conns       atomic.Int64
 	pushes      atomic.Int64
@@ -276,9 +292,15 @@ func (s *Server) Certify(ctx context.Context, req *proxyv1.CertifyRequest) (*pro
 	}
 	s.issued.Add(1)
 	s.cfg.Logger.Info("certificate issued", "identity", sid.String(), "expires", leaf.NotAfter)
+	bundle := s.cfg.Signer.Bundle()
+	if wid := req.GetWorkloadId(); s.cfg.Trust != nil && wid != "" && len(chain) > 1 {
+		if w, ok := s.Snapshot().Workload(wid); ok && w.Identity == id {
+			s.cfg.Trust.Holds(wid, spiffe.TrustVersion(bundle, chain[1]), chain[1])
+		}
+	}
 	return &proxyv1.CertifyResponse{
 		Chain:       chain,
-		TrustBundle: s.cfg.Signer.Bundle(),
+		TrustBundle: bundle,
 		Expires:     timestamppb.New(leaf.NotAfter),
 		Identity:    sid.String(),
 	}, nil
@@ -349,6 +371,9 @@ func (s *Server) watchInbound(req *proxyv1.InboundRequest, stream grpc.ServerStr
 	if w.Identity.Namespace != caller.Namespace || w.Identity.Account != caller.Account {
 		return status.Errorf(codes.PermissionDenied, "workload %q belongs to %s, not to the caller %s", id, w.Identity, caller)
 	}
+	if o := s.cfg.Trust; o != nil && req.GetTrustVersion() != "" {
+		o.Holds(id, req.GetTrustVersion(), peerIssuer(ctx))
+	}
 	if o := s.cfg.Observer; o != nil {
 		o.Connected(id)
 		defer o.Disconnected(id)
@@ -369,8 +394,33 @@ func (s *Server) watchInbound(req *proxyv1.InboundRequest, stream grpc.ServerStr
 		if err != nil {
 			return nil, at, status.Error(codes.NotFound, err.Error())
 		}
-		return ic, at, nil
-	}, func(v versioned) error { return stream.Send(v.(*proxyv1.InboundConfig)) })
+		if tv, ok := s.cfg.Signer.(trustVersioner); ok {
+			ic.TrustVersion = tv.TrustVersion()
+		}
+		// A push caused by a rotation step is timed from that step.
+		if t := time.Unix(0, s.trustAt.Load()); t.After(at) {
+			at = t
+		}
+		return inboundMsg{ic}, at, nil
+	}, func(v versioned) error { return stream.Send(v.(inboundMsg).InboundConfig) })
+}
+
+// inboundMsg is sent again when the policy or the trust version changes.
+type inboundMsg struct{ *proxyv1.InboundConfig }
+
+func (m inboundMsg) GetVersion() string {
+	return m.InboundConfig.GetVersion() + "/" + m.GetTrustVersion()
+}
+
+// TrustChanged sends every inbound stream its config again if the Signer's
+// trust version changed: call it after each step of a root rotation.
+func (s *Server) TrustChanged() {
+	s.trustAt.Store(time.Now().UnixNano())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for m := range s.inboundWatchers {
+		m.poke()
+	}
 }
 
 type versioned interface{ GetVersion() string }
@@ -458,6 +508,16 @@ func (m *mailbox) poke() {
 	case m.c <- struct{}{}:
 	default:
 	}
+}
+
+// peerIssuer returns the intermediate the peer sent after its leaf, or nil.
+func peerIssuer(ctx context.Context) []byte {
+	if p, ok := peer.FromContext(ctx); ok {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 1 {
+			return ti.State.PeerCertificates[1].Raw
+		}
+	}
+	return nil
 }
 
 func peerID(ctx context.Context) (spiffe.ID, error) {

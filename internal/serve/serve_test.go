@@ -2,6 +2,7 @@ package serve_test
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -119,6 +120,7 @@ type env struct {
 	srv      *serve.Server
 	ca       *identity.CA
 	obs      *observer
+	trust    *trustObserver
 	addr     string
 	serverID spiffe.ID
 }
@@ -143,9 +145,10 @@ func newEnv(t *testing.T, opts envOptions) *env {
 	e := &env{
 		ca:       ca,
 		obs:      &observer{events: make(chan string, 100)},
+		trust:    &trustObserver{observer{events: make(chan string, 100)}},
 		serverID: spiffe.ID{TrustDomain: ca.TrustDomain(), Namespace: "trellis-system", Account: "trellis-control-plane"},
 	}
-	e.srv = serve.New(serve.Config{Authenticator: authTokens, Signer: ca, Observer: e.obs})
+	e.srv = serve.New(serve.Config{Authenticator: authTokens, Signer: ca, Observer: e.obs, Trust: e.trust})
 	cert, err := ca.ServingCert(e.serverID, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -750,6 +753,7 @@ func TestInboundWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	want.TrustVersion = e.ca.TrustVersion()
 	if d := diffProto(want, r.next(t)); d != "" {
 		t.Errorf("first message (-want +got):\n%s", d)
 	}
@@ -768,6 +772,7 @@ func TestInboundWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	want.TrustVersion = e.ca.TrustVersion()
 	got := r.next(t)
 	if d := diffProto(want, got); d != "" {
 		t.Errorf("after Update (-want +got):\n%s", d)
@@ -781,6 +786,79 @@ func TestInboundWatch(t *testing.T) {
 		t.Errorf("observer: got %q, want %q", got, want)
 	}
 	e.obs.none(t)
+}
+
+// TestInboundTrustChanged: a rotation step reaches inbound streams as a new
+// trust version with the same policy version, and the trust observer learns
+// what the sidecar reported and what Certify issued.
+func TestInboundTrustChanged(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.srv.Update(meshSnapshot(t, 50, 50))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := proxyv1grpc.NewInboundClient(e.conn(t, store1)).Watch(ctx, &proxyv1.InboundRequest{WorkloadId: store1Workload, TrustVersion: "reported"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := receive(st)
+	first := r.next(t)
+	if got, want := first.GetTrustVersion(), e.ca.TrustVersion(); got != want {
+		t.Errorf("first trust_version = %q, want the CA's %q", got, want)
+	}
+	if got, want := e.trust.next(t), store1Workload+" reported issuer=true"; got != want {
+		t.Errorf("trust observer at stream open: got %q, want %q", got, want)
+	}
+	e.srv.TrustChanged()
+	r.none(t, 100*time.Millisecond) // nothing changed: nothing sent
+	if err := e.ca.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.TrustChanged()
+	second := r.next(t)
+	if second.GetTrustVersion() == first.GetTrustVersion() || second.GetTrustVersion() != e.ca.TrustVersion() {
+		t.Errorf("after Prepare: trust_version %q (was %q), want the CA's new %q", second.GetTrustVersion(), first.GetTrustVersion(), e.ca.TrustVersion())
+	}
+	if second.GetVersion() != first.GetVersion() {
+		t.Errorf("after Prepare: policy version %q, want %q unchanged", second.GetVersion(), first.GetVersion())
+	}
+
+	csr, _ := newCSRFor(t)
+	resp, err := proxyv1grpc.NewIdentityClient(e.conn(t, model.Identity{})).Certify(ctx, &proxyv1.CertifyRequest{Csr: csr, Credential: "store-token", WorkloadId: store1Workload})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := spiffe.TrustVersion(resp.GetTrustBundle(), resp.GetChain()[1])
+	if got := e.trust.next(t); got != store1Workload+" "+want+" issuer=true" {
+		t.Errorf("trust observer after Certify: got %q, want %q", got, store1Workload+" "+want+" issuer=true")
+	}
+	if want != e.ca.TrustVersion() {
+		t.Errorf("version of what Certify returned = %s, want the CA's %s", want, e.ca.TrustVersion())
+	}
+	// A workload ID that the credential does not own is not recorded.
+	if _, err := proxyv1grpc.NewIdentityClient(e.conn(t, model.Identity{})).Certify(ctx, &proxyv1.CertifyRequest{Csr: csr, Credential: "buyer-token", WorkloadId: store1Workload}); err != nil {
+		t.Fatal(err)
+	}
+	e.trust.none(t)
+}
+
+func newCSRFor(t *testing.T) ([]byte, *ecdsa.PrivateKey) {
+	t.Helper()
+	key, err := spiffe.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := spiffe.NewCSR(key, spiffe.ID{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return csr, key
+}
+
+// trustObserver records Holds calls as "workload version issuer=bool".
+type trustObserver struct{ observer }
+
+func (o *trustObserver) Holds(id, version string, issuer []byte) {
+	o.events <- fmt.Sprintf("%s %s issuer=%v", id, version, issuer != nil)
 }
 
 // TestCompiledOnceShared: every watcher of one destination receives the same

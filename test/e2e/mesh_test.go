@@ -12,6 +12,7 @@ import (
 // and a 50/50 split.
 type bookstoreMesh struct {
 	state  string
+	cp     *proc
 	buyer  string // bookbuyer's stats URL
 	stores map[string]*proc
 }
@@ -19,7 +20,7 @@ type bookstoreMesh struct {
 func startBookstoreMesh(t *testing.T, cpArgs ...string) *bookstoreMesh {
 	t.Helper()
 	m := &bookstoreMesh{state: t.TempDir(), stores: map[string]*proc{}}
-	controlPlane(t, m.state, cpArgs...)
+	m.cp = controlPlane(t, m.state, cpArgs...)
 	dumpLogsOnFailure(t, m.state)
 	if _, errOut, err := trellis(t, m.state, "apply", "-f", "../../examples/bookstore/mesh-config-strict.yaml", "-f", "../../examples/bookstore/traffic-access.yaml"); err != nil {
 		t.Fatalf("apply: %v %s", err, errOut)

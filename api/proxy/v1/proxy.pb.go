@@ -156,7 +156,11 @@ type CertifyRequest struct {
 	// DER-encoded PKCS#10 request; the key is made inside the sidecar and never leaves it.
 	Csr []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
 	// A join token (local mode) or a projected service-account token (Kubernetes).
-	Credential    string `protobuf:"bytes,2,opt,name=credential,proto3" json:"credential,omitempty"`
+	Credential string `protobuf:"bytes,2,opt,name=credential,proto3" json:"credential,omitempty"`
+	// The workload this sidecar serves, as registered; optional. The control
+	// plane records which trust version (see InboundConfig) the workload now
+	// holds, for root rotation; it never changes the identity granted.
+	WorkloadId    string `protobuf:"bytes,3,opt,name=workload_id,json=workloadId,proto3" json:"workload_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -201,6 +205,13 @@ func (x *CertifyRequest) GetCsr() []byte {
 func (x *CertifyRequest) GetCredential() string {
 	if x != nil {
 		return x.Credential
+	}
+	return ""
+}
+
+func (x *CertifyRequest) GetWorkloadId() string {
+	if x != nil {
+		return x.WorkloadId
 	}
 	return ""
 }
@@ -1336,7 +1347,10 @@ func (x *Endpoint) GetNamespace() string {
 type InboundRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The workload this sidecar serves, as registered.
-	WorkloadId    string `protobuf:"bytes,1,opt,name=workload_id,json=workloadId,proto3" json:"workload_id,omitempty"`
+	WorkloadId string `protobuf:"bytes,1,opt,name=workload_id,json=workloadId,proto3" json:"workload_id,omitempty"`
+	// The trust version of the sidecar's current certificate and bundle (see
+	// InboundConfig.trust_version); empty if unknown.
+	TrustVersion  string `protobuf:"bytes,2,opt,name=trust_version,json=trustVersion,proto3" json:"trust_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1378,6 +1392,13 @@ func (x *InboundRequest) GetWorkloadId() string {
 	return ""
 }
 
+func (x *InboundRequest) GetTrustVersion() string {
+	if x != nil {
+		return x.TrustVersion
+	}
+	return ""
+}
+
 type InboundConfig struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -1391,8 +1412,15 @@ type InboundConfig struct {
 	// Strict mode: a request is allowed when one authorization accepts it.
 	Authorizations []*Authorization `protobuf:"bytes,6,rep,name=authorizations,proto3" json:"authorizations,omitempty"`
 	// The workload as the control plane knows it, for metrics.
-	Workload      string `protobuf:"bytes,7,opt,name=workload,proto3" json:"workload,omitempty"`
-	Namespace     string `protobuf:"bytes,8,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Workload  string `protobuf:"bytes,7,opt,name=workload,proto3" json:"workload,omitempty"`
+	Namespace string `protobuf:"bytes,8,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The version of the control plane's certificate authority as workloads see
+	// it: a hash of its trust bundle and of the intermediate that signs now. It
+	// changes at each step of a root rotation; a sidecar whose certificate came
+	// with another version certifies again soon, with a small random delay, to
+	// learn the new bundle and get a leaf from the new intermediate. Empty when
+	// the control plane does not say. It is not part of version.
+	TrustVersion  string `protobuf:"bytes,9,opt,name=trust_version,json=trustVersion,proto3" json:"trust_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1479,6 +1507,13 @@ func (x *InboundConfig) GetWorkload() string {
 func (x *InboundConfig) GetNamespace() string {
 	if x != nil {
 		return x.Namespace
+	}
+	return ""
+}
+
+func (x *InboundConfig) GetTrustVersion() string {
+	if x != nil {
+		return x.TrustVersion
 	}
 	return ""
 }
@@ -1684,12 +1719,14 @@ var File_api_proxy_v1_proxy_proto protoreflect.FileDescriptor
 
 const file_api_proxy_v1_proxy_proto_rawDesc = "" +
 	"\n" +
-	"\x18api/proxy/v1/proxy.proto\x12\x10trellis.proxy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n" +
+	"\x18api/proxy/v1/proxy.proto\x12\x10trellis.proxy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"c\n" +
 	"\x0eCertifyRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x02 \x01(\tR\n" +
-	"credential\"\x9c\x01\n" +
+	"credential\x12\x1f\n" +
+	"\vworkload_id\x18\x03 \x01(\tR\n" +
+	"workloadId\"\x9c\x01\n" +
 	"\x0fCertifyResponse\x12\x14\n" +
 	"\x05chain\x18\x01 \x03(\fR\x05chain\x12!\n" +
 	"\ftrust_bundle\x18\x02 \x03(\fR\vtrustBundle\x124\n" +
@@ -1775,10 +1812,11 @@ const file_api_proxy_v1_proxy_proto_rawDesc = "" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12\x1a\n" +
 	"\bworkload\x18\x03 \x01(\tR\bworkload\x12\x1c\n" +
-	"\tnamespace\x18\x04 \x01(\tR\tnamespace\"1\n" +
+	"\tnamespace\x18\x04 \x01(\tR\tnamespace\"V\n" +
 	"\x0eInboundRequest\x12\x1f\n" +
 	"\vworkload_id\x18\x01 \x01(\tR\n" +
-	"workloadId\"\xa3\x02\n" +
+	"workloadId\x12#\n" +
+	"\rtrust_version\x18\x02 \x01(\tR\ftrustVersion\"\xc8\x02\n" +
 	"\rInboundConfig\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12!\n" +
@@ -1789,7 +1827,8 @@ const file_api_proxy_v1_proxy_proto_rawDesc = "" +
 	"\x06egress\x18\x05 \x01(\bR\x06egress\x12G\n" +
 	"\x0eauthorizations\x18\x06 \x03(\v2\x1f.trellis.proxy.v1.AuthorizationR\x0eauthorizations\x12\x1a\n" +
 	"\bworkload\x18\a \x01(\tR\bworkload\x12\x1c\n" +
-	"\tnamespace\x18\b \x01(\tR\tnamespace\"\x9a\x01\n" +
+	"\tnamespace\x18\b \x01(\tR\tnamespace\x12#\n" +
+	"\rtrust_version\x18\t \x01(\tR\ftrustVersion\"\x9a\x01\n" +
 	"\rAuthorization\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\asources\x18\x02 \x03(\tR\asources\x12.\n" +

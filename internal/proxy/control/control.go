@@ -1,6 +1,7 @@
 // Package control is the sidecar's client of the control plane: it certifies the
 // sidecar's identity (with a key made here that never leaves the process), renews
-// the certificate at two thirds of its life, and keeps watches on inbound policy
+// the certificate at two thirds of its life and sooner when the control plane's
+// trust version changes (a root rotation), and keeps watches on inbound policy
 // and on the destinations the app calls, reconnecting with jittered backoff. It
 // speaks gRPC through connect-go over net/http, which costs the sidecar far less
 // memory than grpc-go; it never imports the control plane's own packages.
@@ -19,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -38,7 +40,9 @@ const (
 type Config struct {
 	// Address of the control plane's gRPC endpoint, host:port.
 	Address string
-	// Roots verify the control plane's serving certificate.
+	// Roots verify the control plane's serving certificate, together with the
+	// trust bundle last received, so that the control plane stays trusted after
+	// a root rotation drops the roots these came from.
 	Roots *x509.CertPool
 	// Credential proves the sidecar's identity: a join token or a service-account token.
 	Credential string
@@ -51,7 +55,11 @@ type Config struct {
 	Credentials *spiffe.Credentials
 	// MinBackoff and MaxBackoff bound reconnection delays; defaults 100ms and 10s.
 	MinBackoff, MaxBackoff time.Duration
-	Logger                 *slog.Logger
+	// RecertifyJitter bounds the random delay before certifying again when the
+	// control plane announces another trust version, which spreads a mesh's
+	// sidecars over that time; default 2s.
+	RecertifyJitter time.Duration
+	Logger          *slog.Logger
 }
 
 // Client talks to the control plane.
@@ -63,6 +71,10 @@ type Client struct {
 	inbound   *connect.Client[proxyv1.InboundRequest, proxyv1.InboundConfig]
 	expires   time.Time
 	issuedAt  time.Time
+	// want is the trust version the control plane last announced; recertify
+	// wakes Renew when it differs from the one the certificate came with.
+	want      atomic.Pointer[string]
+	recertify chan struct{}
 }
 
 // New returns a client; it connects lazily.
@@ -73,11 +85,22 @@ func New(cfg Config) *Client {
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 10 * time.Second
 	}
+	if cfg.RecertifyJitter == 0 {
+		cfg.RecertifyJitter = 2 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	newTransport := func(withCert bool) *http.Transport {
-		conf := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: cfg.Roots, NextProtos: []string{"h2"}}
+		conf := &tls.Config{
+			MinVersion: tls.VersionTLS13,
+			NextProtos: []string{"h2"},
+			// Verified by VerifyConnection against roots that change.
+			InsecureSkipVerify: true,
+			VerifyConnection: func(cs tls.ConnectionState) error {
+				return verifyControlPlane(cs, cfg.Roots, cfg.Credentials)
+			},
+		}
 		if withCert {
 			conf.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 				if m, ok := cfg.Credentials.Load(); ok && len(m.Chain) > 0 {
@@ -101,6 +124,7 @@ func New(cfg Config) *Client {
 	base := "https://" + cfg.Address
 	return &Client{
 		cfg:       cfg,
+		recertify: make(chan struct{}, 1),
 		certifyTr: certifyTr,
 		certify:   connect.NewClient[proxyv1.CertifyRequest, proxyv1.CertifyResponse](&http.Client{Transport: certifyTr}, base+procCertify, connect.WithGRPC()),
 		dests:     connect.NewClient[proxyv1.DestinationRequest, proxyv1.DestinationConfig](hc, base+procDestinations, connect.WithGRPC()),
@@ -128,7 +152,7 @@ func (c *Client) Certify(ctx context.Context) error {
 		}
 		cred = strings.TrimSpace(string(b))
 	}
-	resp, err := c.certify.CallUnary(ctx, connect.NewRequest(&proxyv1.CertifyRequest{Csr: csr, Credential: cred}))
+	resp, err := c.certify.CallUnary(ctx, connect.NewRequest(&proxyv1.CertifyRequest{Csr: csr, Credential: cred, WorkloadId: c.cfg.WorkloadID}))
 	c.certifyTr.CloseIdleConnections() // needed again only at renewal
 	if err != nil {
 		return fmt.Errorf("certify with the control plane at %s: %w", c.cfg.Address, err)
@@ -139,8 +163,58 @@ func (c *Client) Certify(ctx context.Context) error {
 	}
 	c.issuedAt = time.Now()
 	c.expires = m.GetExpires().AsTime()
-	c.cfg.Logger.Info("certified", "identity", m.GetIdentity(), "expires", c.expires)
+	c.cfg.Logger.Info("certified", "identity", m.GetIdentity(), "expires", c.expires, "trust_version", c.cfg.Credentials.TrustVersion())
 	return nil
+}
+
+// verifyControlPlane checks the control plane's serving certificate for the
+// name dialled, against roots and the trust bundle held in creds.
+func verifyControlPlane(cs tls.ConnectionState, roots *x509.CertPool, creds *spiffe.Credentials) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("control plane presented no certificate")
+	}
+	pool := x509.NewCertPool()
+	if roots != nil {
+		pool = roots.Clone()
+	}
+	if m, ok := creds.Load(); ok {
+		for _, der := range m.Bundle {
+			if c, err := x509.ParseCertificate(der); err == nil {
+				pool.AddCert(c)
+			}
+		}
+	}
+	inters := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inters.AddCert(c)
+	}
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: cs.ServerName, Roots: pool, Intermediates: inters})
+	if err != nil {
+		return fmt.Errorf("control plane certificate: %w", err)
+	}
+	return nil
+}
+
+// announced records the trust version the control plane sent and wakes Renew
+// if the certificate came with another one.
+func (c *Client) announced(version string) {
+	if version == "" {
+		return
+	}
+	c.want.Store(&version)
+	if c.trustStale() {
+		select {
+		case c.recertify <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// trustStale reports whether the control plane announced a trust version other
+// than the one the current certificate came with.
+func (c *Client) trustStale() bool {
+	w := c.want.Load()
+	return w != nil && *w != c.cfg.Credentials.TrustVersion()
 }
 
 // CertifyUntilDone retries Certify with backoff until it succeeds or ctx ends.
@@ -161,8 +235,10 @@ func (c *Client) CertifyUntilDone(ctx context.Context) error {
 	}
 }
 
-// Renew keeps the certificate fresh: it renews at two thirds of its life and
-// retries with backoff on failure, keeping the old certificate meanwhile.
+// Renew keeps the certificate fresh: it renews at two thirds of its life, and
+// after a short random delay when the control plane announces a trust version
+// other than the certificate's, and retries with backoff on failure, keeping
+// the old certificate meanwhile.
 func (c *Client) Renew(ctx context.Context) {
 	for {
 		life := c.expires.Sub(c.issuedAt)
@@ -173,6 +249,15 @@ func (c *Client) Renew(ctx context.Context) {
 			t.Stop()
 			return
 		case <-t.C:
+		case <-c.recertify:
+			t.Stop()
+			if !sleep(ctx, rand.N(c.cfg.RecertifyJitter)) {
+				return
+			}
+			if !c.trustStale() {
+				continue
+			}
+			c.cfg.Logger.Info("the control plane's trust version changed; certifying again", "have", c.cfg.Credentials.TrustVersion(), "want", *c.want.Load())
 		}
 		if err := c.CertifyUntilDone(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -188,7 +273,8 @@ func (c *Client) Renew(ctx context.Context) {
 // as needed. An apply error is logged and the previous config stays in force.
 func (c *Client) WatchInbound(ctx context.Context, apply func(*proxyv1.InboundConfig) error) {
 	c.watch(ctx, "inbound policy", func(ctx context.Context) (func() error, error) {
-		s, err := c.inbound.CallServerStream(ctx, connect.NewRequest(&proxyv1.InboundRequest{WorkloadId: c.cfg.WorkloadID}))
+		req := &proxyv1.InboundRequest{WorkloadId: c.cfg.WorkloadID, TrustVersion: c.cfg.Credentials.TrustVersion()}
+		s, err := c.inbound.CallServerStream(ctx, connect.NewRequest(req))
 		if err != nil {
 			return nil, err
 		}
@@ -197,6 +283,7 @@ func (c *Client) WatchInbound(ctx context.Context, apply func(*proxyv1.InboundCo
 				return streamEnd(s.Err())
 			}
 			c.applied("inbound policy", s.Msg().GetVersion(), apply(s.Msg()))
+			c.announced(s.Msg().GetTrustVersion())
 			return nil
 		}, nil
 	})
@@ -285,8 +372,11 @@ func (b *backoff) next() time.Duration {
 }
 
 // wait sleeps the next delay; false if ctx ended first.
-func (b *backoff) wait(ctx context.Context) bool {
-	t := time.NewTimer(b.next())
+func (b *backoff) wait(ctx context.Context) bool { return sleep(ctx, b.next()) }
+
+// sleep waits d; false if ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
