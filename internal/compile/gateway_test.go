@@ -116,3 +116,33 @@ func TestHTTPRouteBackendPort(t *testing.T) {
 		t.Errorf("route refers to %q, want %q", got, b.GetName())
 	}
 }
+
+// A GRPCRoute on a gRPC service: method matches become path matches, header
+// filters apply.
+func TestDestinationGRPCRoute(t *testing.T) {
+	in := bookstore(true, nil)
+	in.Workloads = append(in.Workloads,
+		model.Workload{ID: "shop/greeter-v1-aaaaaa", Name: "greeter-v1", Identity: model.Identity{Namespace: "shop", Account: "greeter"},
+			Services: []model.ServiceMembership{{Service: "greeter", ServicePort: 50051, Protocol: model.ProtocolGRPC}, {Service: "greeter-v1", ServicePort: 50051, Protocol: model.ProtocolGRPC}},
+			Address:  "127.0.0.1:20011", Ready: true},
+		model.Workload{ID: "shop/greeter-v2-bbbbbb", Name: "greeter-v2", Identity: model.Identity{Namespace: "shop", Account: "greeter"},
+			Services: []model.ServiceMembership{{Service: "greeter", ServicePort: 50051, Protocol: model.ProtocolGRPC}, {Service: "greeter-v2", ServicePort: 50051, Protocol: model.ProtocolGRPC}},
+			Address:  "127.0.0.1:20012", Ready: true})
+	shop := func(n string) model.Key { return model.Key{Namespace: "shop", Name: n} }
+	in.Routes = []model.Route{{
+		Key: shop("greeter"), Kind: model.RouteKindGRPC,
+		Parents: []model.RouteParent{{Service: shop("greeter")}},
+		Rules: []model.RouteRule{
+			{Name: "gold", Matches: []model.RouteMatch{{PathType: model.MatchExact, PathValue: "/helloworld.Greeter/SayHello", Method: "POST",
+				Headers: []model.ValueMatch{{Name: "x-tenant", Type: model.MatchExact, Value: "gold"}}}},
+				Filters:  model.RouteFilters{RequestHeaders: &model.HeaderChanges{Set: []model.Header{{Name: "x-route", Value: "gold"}}}},
+				Backends: []model.RouteBackend{{Service: shop("greeter-v2"), Weight: 1}}},
+			{Name: "rest", Backends: []model.RouteBackend{{Service: shop("greeter-v1"), Weight: 1}}},
+		},
+	}}
+	s := model.Build(in)
+	if len(s.Problems()) > 0 {
+		t.Fatalf("problems: %v", s.Problems())
+	}
+	golden(t, "destination-grpcroute", Destination(s, Target{Service: shop("greeter"), Port: 50051}))
+}

@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
+	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/manifests"
 	"github.com/trellis-mesh/trellis/internal/source/kube"
 )
@@ -114,9 +115,21 @@ func (c *Cluster) Namespace(t *testing.T, prefix string, inMesh bool) string {
 	return ns.Name
 }
 
+// MeshedPod is Pod with the sidecar already in its spec, as the webhook
+// would have injected it (the pod never runs either way).
+func (c *Cluster) MeshedPod(t *testing.T, ns, name, account, ip string) *corev1.Pod {
+	t.Helper()
+	return c.pod(t, ns, name, account, ip, true)
+}
+
 // Pod creates a pod no scheduler takes (so no kubelet runs it) and sets its
 // status as a kubelet would: running, with ip. No packet is sent to ip.
 func (c *Cluster) Pod(t *testing.T, ns, name, account, ip string) *corev1.Pod {
+	t.Helper()
+	return c.pod(t, ns, name, account, ip, false)
+}
+
+func (c *Cluster) pod(t *testing.T, ns, name, account, ip string, sidecar bool) *corev1.Pod {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := c.Client.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: account}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -129,6 +142,10 @@ func (c *Cluster) Pod(t *testing.T, ns, name, account, ip string) *corev1.Pod {
 			ServiceAccountName: account,
 			Containers:         []corev1.Container{{Name: "app", Image: "trellis.invalid/none", ImagePullPolicy: corev1.PullNever}},
 		},
+	}
+	if sidecar {
+		p.Spec.InitContainers = []corev1.Container{{Name: inject.ProxyContainer, Image: "trellis.invalid/proxy", ImagePullPolicy: corev1.PullNever,
+			RestartPolicy: Ptr(corev1.ContainerRestartPolicyAlways)}}
 	}
 	p, err := c.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
 	if err != nil {

@@ -31,7 +31,7 @@ import (
 func TestControlPlaneKubeMode(t *testing.T) {
 	c := kubetest.New(t)
 	ns := c.Namespace(t, "bookstore", true)
-	pod := c.Pod(t, ns, "bookstore-v1", "bookstore", "10.244.0.211")
+	pod := c.MeshedPod(t, ns, "bookstore-v1", "bookstore", "10.244.0.211")
 	c.Service(t, ns, "bookstore", corev1.ServicePort{Name: "bookstore-port", Port: 14001}, true, pod)
 
 	state := t.TempDir()

@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/manifests"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/source/translate"
@@ -377,9 +378,21 @@ func (s *Source) inputs() (model.Inputs, []model.Problem) {
 			}
 		}
 	}
+	var problems []model.Problem
+	outside := map[string][]string{} // service → pods without a sidecar
 	for _, pod := range s.pods.list() {
 		if !inMesh[pod.Namespace] || pod.Status.PodIP == "" || pod.DeletionTimestamp != nil ||
 			pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		if !hasSidecar(pod) {
+			// Not an endpoint: nothing answers mTLS on its inbound port.
+			if m := members[pod.Namespace+"/"+pod.Name]; m != nil {
+				for _, ms := range dedupe(m.services) {
+					k := pod.Namespace + "/" + ms.Service
+					outside[k] = append(outside[k], pod.Name)
+				}
+			}
 			continue
 		}
 		sa := pod.Spec.ServiceAccountName
@@ -400,8 +413,14 @@ func (s *Source) inputs() (model.Inputs, []model.Problem) {
 		in.Workloads = append(in.Workloads, w)
 	}
 
+	for _, k := range sortedKeys(outside) {
+		pods := outside[k]
+		sort.Strings(pods)
+		problems = append(problems, model.Problem{Object: "Service " + k, Warning: true,
+			Message: fmt.Sprintf("has endpoints outside the mesh: pod %s has no sidecar, so meshed clients do not reach it; restart it (kubectl rollout restart) to inject it, or take it out of the Service", strings.Join(pods, ", "))})
+	}
+
 	var rs []translate.Resource
-	var problems []model.Problem
 	kinds := make([]string, 0, len(s.custom))
 	for k := range s.custom {
 		kinds = append(kinds, k)
@@ -492,6 +511,25 @@ func portProtocol(p corev1.ServicePort) model.Protocol {
 		}
 	}
 	return model.ProtocolHTTP
+}
+
+// hasSidecar says whether the pod runs Trellis's sidecar.
+func hasSidecar(pod *corev1.Pod) bool {
+	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
+		if c.Name == inject.ProxyContainer {
+			return true
+		}
+	}
+	return false
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func dedupe(ms []model.ServiceMembership) []model.ServiceMembership {

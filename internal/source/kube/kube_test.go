@@ -28,11 +28,14 @@ func TestSourceAgainstAPIServer(t *testing.T) {
 	ns := c.Namespace(t, "bookstore", true)
 	outside := c.Namespace(t, "outside", false)
 
-	v1 := c.Pod(t, ns, "bookstore-v1", "bookstore", "10.244.0.201")
-	v2 := c.Pod(t, ns, "bookstore-v2", "bookstore-v2", "10.244.0.202")
-	c.Pod(t, ns, "bookbuyer", "bookbuyer", "10.244.0.203")
+	v1 := c.MeshedPod(t, ns, "bookstore-v1", "bookstore", "10.244.0.201")
+	v2 := c.MeshedPod(t, ns, "bookstore-v2", "bookstore-v2", "10.244.0.202")
+	c.MeshedPod(t, ns, "bookbuyer", "bookbuyer", "10.244.0.203")
+	// A pod of the mesh's namespace that was never injected (created before
+	// the namespace joined, or opted out): not an endpoint, and reported.
+	legacy := c.Pod(t, ns, "bookstore-legacy", "bookstore", "10.244.0.204")
 	web := corev1.ServicePort{Name: "bookstore-port", Port: 14001}
-	c.Service(t, ns, "bookstore", web, true, v1, v2)
+	c.Service(t, ns, "bookstore", web, true, v1, v2, legacy)
 	c.Service(t, ns, "bookstore-v1", web, true, v1)
 	c.Service(t, ns, "bookstore-v2", web, false, v2) // not ready
 	c.Service(t, ns, "mysql", corev1.ServicePort{Name: "client", Port: 3306, AppProtocol: kubetest.Ptr("tcp-server-first")}, true)
@@ -115,14 +118,23 @@ spec:
 	if b, ok := snap.Workload(ns + "/bookbuyer"); !ok || b.Identity.Account != "bookbuyer" || len(b.Services) != 0 {
 		t.Errorf("bookbuyer = %+v, want a workload with identity bookbuyer and no service", b)
 	}
-	found := false
+	found, reported := false, false
 	for _, p := range src.Problems() {
 		if p.Object == "TrafficSplit "+ns+"/broken" && strings.Contains(p.Message, "weights sum to 0") {
 			found = true
 		}
+		if p.Object == "Service "+ns+"/bookstore" && strings.Contains(p.Message, "endpoints outside the mesh: pod bookstore-legacy") {
+			reported = true
+		}
 	}
 	if !found {
 		t.Errorf("no problem names TrafficSplit %s/broken's weights: %v", ns, src.Problems())
+	}
+	if !reported {
+		t.Errorf("no problem says Service %s/bookstore has an endpoint outside the mesh: %v", ns, src.Problems())
+	}
+	if _, ok := snap.Workload(ns + "/bookstore-legacy"); ok {
+		t.Error("a pod without a sidecar is a workload of the mesh")
 	}
 
 	// A change reaches the snapshot: delete the split.
