@@ -83,9 +83,16 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	log := o.Logger
-	ca, err := identity.LoadOrCreate(filepath.Join(o.StateDir, caDir), identity.Options{TrustDomain: model.DefaultTrustDomain, LeafTTL: o.LeafTTL})
+	dir := filepath.Join(o.StateDir, caDir)
+	if err := restoreCA(ctx, o.Client, o.Namespace, dir); err != nil {
+		return err
+	}
+	ca, err := identity.LoadOrCreate(dir, identity.Options{TrustDomain: model.DefaultTrustDomain, LeafTTL: o.LeafTTL})
 	if err != nil {
 		return fmt.Errorf("certificate authority: %w", err)
+	}
+	if err := saveCA(ctx, o.Client, o.Namespace, dir); err != nil {
+		return fmt.Errorf("keep the CA in Secret %s/%s: %w", o.Namespace, CASecretName, err)
 	}
 	// Installed in a cluster, the control plane's own Service names where
 	// sidecars reach it: its ClusterIP goes in the certificate and, unless

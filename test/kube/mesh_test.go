@@ -41,9 +41,6 @@ type mesh struct {
 func startMesh(t *testing.T, c *kubetest.Cluster, namespaces ...string) *mesh {
 	t.Helper()
 	state := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan controlplane.KubeInfo, 1)
-	done := make(chan error, 1)
 	// Sidecars in pods dial the bridge address; the webhook is for the API
 	// server, on this machine.
 	gl, err := net.Listen("tcp", nodeIP+":0")
@@ -52,28 +49,9 @@ func startMesh(t *testing.T, c *kubetest.Cluster, namespaces ...string) *mesh {
 	}
 	grpcAddr := gl.Addr().String()
 	gl.Close()
-	go func() {
-		done <- controlplane.RunKube(ctx, controlplane.KubeOptions{
-			StateDir: state, GRPCAddr: grpcAddr, HealthAddr: "127.0.0.1:0", WebhookAddr: "127.0.0.1:0",
-			Client: c.Client, Dynamic: c.Dynamic, IPs: []net.IP{net.ParseIP(nodeIP)},
-			Inject: inject.Config{ProxyImage: "localhost/trellis/proxy:dev", ControlPlane: grpcAddr, PullPolicy: corev1.PullNever},
-			Ready:  func(i controlplane.KubeInfo) { ready <- i },
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("RunKube: %v", err)
-		}
-	})
 	m := &mesh{c: c}
-	select {
-	case m.info = <-ready:
-	case err := <-done:
-		t.Fatalf("RunKube: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("control plane not serving after 30s")
-	}
+	m.info, _ = c.ControlPlane(t, controlplane.KubeOptions{StateDir: state, GRPCAddr: grpcAddr, Namespace: namespaces[0], IPs: []net.IP{net.ParseIP(nodeIP)},
+		Inject: inject.Config{ProxyImage: "localhost/trellis/proxy:dev", ControlPlane: grpcAddr, PullPolicy: corev1.PullNever}})
 	rootPEM, err := os.ReadFile(filepath.Join(state, "ca", "root.crt"))
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
+	"github.com/trellis-mesh/trellis/internal/controlplane"
 	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/manifests"
 	"github.com/trellis-mesh/trellis/internal/source/kube"
@@ -230,3 +232,45 @@ func Eventually(t *testing.T, d time.Duration, what string, f func() error) {
 
 // Ptr returns a pointer to v.
 func Ptr[T any](v T) *T { return &v }
+
+// ControlPlane runs the control plane in Kubernetes mode in the test, against
+// the test cluster, and waits until it serves. Empty options take test
+// defaults: a temporary state directory, loopback listeners on free ports, the
+// cluster's clients. The returned stop ends it (also done at cleanup) and
+// reports its error.
+func (c *Cluster) ControlPlane(t *testing.T, o controlplane.KubeOptions) (controlplane.KubeInfo, func()) {
+	t.Helper()
+	if o.StateDir == "" {
+		o.StateDir = t.TempDir()
+	}
+	for _, a := range []*string{&o.GRPCAddr, &o.HealthAddr, &o.WebhookAddr} {
+		if *a == "" {
+			*a = "127.0.0.1:0"
+		}
+	}
+	o.Client, o.Dynamic = c.Client, c.Dynamic
+	ready := make(chan controlplane.KubeInfo, 1)
+	o.Ready = func(i controlplane.KubeInfo) { ready <- i }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- controlplane.RunKube(ctx, o) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("RunKube: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	select {
+	case info := <-ready:
+		return info, stop
+	case err := <-done:
+		t.Fatalf("RunKube: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("control plane not serving after 30s")
+	}
+	return controlplane.KubeInfo{}, stop
+}

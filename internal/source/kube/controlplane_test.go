@@ -1,6 +1,7 @@
 package kube_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/pem"
@@ -35,31 +36,8 @@ func TestControlPlaneKubeMode(t *testing.T) {
 	c.Service(t, ns, "bookstore", corev1.ServicePort{Name: "bookstore-port", Port: 14001}, true, pod)
 
 	state := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan controlplane.KubeInfo, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- controlplane.RunKube(ctx, controlplane.KubeOptions{
-			StateDir: state, GRPCAddr: "127.0.0.1:0", HealthAddr: "127.0.0.1:0", WebhookAddr: "127.0.0.1:0",
-			Client: c.Client, Dynamic: c.Dynamic,
-			Inject: inject.Config{ProxyImage: "localhost/trellis/proxy:test", ControlPlane: "10.96.0.20:15128"},
-			Ready:  func(i controlplane.KubeInfo) { ready <- i },
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("RunKube: %v", err)
-		}
-	})
-	var a controlplane.KubeInfo
-	select {
-	case a = <-ready:
-	case err := <-done:
-		t.Fatalf("RunKube: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("control plane not serving after 30s")
-	}
+	a, _ := c.ControlPlane(t, controlplane.KubeOptions{StateDir: state, Namespace: ns,
+		Inject: inject.Config{ProxyImage: "localhost/trellis/proxy:test", ControlPlane: "10.96.0.20:15128"}})
 
 	roots := x509.NewCertPool()
 	rootPEM, err := os.ReadFile(filepath.Join(state, "ca", "root.crt"))
@@ -131,31 +109,8 @@ func TestInjectionWebhook(t *testing.T) {
 	meshedNS := c.Namespace(t, "bookstore", true)
 	outsideNS := c.Namespace(t, "outside", false)
 	state := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan controlplane.KubeInfo, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- controlplane.RunKube(ctx, controlplane.KubeOptions{
-			StateDir: state, GRPCAddr: "127.0.0.1:0", HealthAddr: "127.0.0.1:0", WebhookAddr: "127.0.0.1:0",
-			Client: c.Client, Dynamic: c.Dynamic,
-			Inject: inject.Config{ProxyImage: "localhost/trellis/proxy:test", ControlPlane: "10.96.0.20:15128"},
-			Ready:  func(i controlplane.KubeInfo) { ready <- i },
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("RunKube: %v", err)
-		}
-	})
-	var info controlplane.KubeInfo
-	select {
-	case info = <-ready:
-	case err := <-done:
-		t.Fatalf("RunKube: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("control plane not serving after 30s")
-	}
+	info, _ := c.ControlPlane(t, controlplane.KubeOptions{StateDir: state, Namespace: meshedNS,
+		Inject: inject.Config{ProxyImage: "localhost/trellis/proxy:test", ControlPlane: "10.96.0.20:15128"}})
 	rootPEM, err := os.ReadFile(filepath.Join(state, "ca", "root.crt"))
 	if err != nil {
 		t.Fatal(err)
@@ -212,5 +167,33 @@ func TestInjectionWebhook(t *testing.T) {
 	plain := c.Pod(t, outsideNS, "plain", "default-sa", "10.244.0.250")
 	if len(plain.Spec.InitContainers) != 0 || plain.Annotations[inject.InjectedAnnotation] != "" {
 		t.Errorf("a pod outside the mesh was injected: %+v", plain.Spec.InitContainers)
+	}
+}
+
+// TestCAKeptInSecret starts the control plane twice with empty state
+// directories, as two pods of its Deployment would: the second signs with the
+// root the first made, which it found in the trellis-ca Secret.
+func TestCAKeptInSecret(t *testing.T) {
+	c := kubetest.New(t)
+	ns := c.Namespace(t, "trellis-ca-test", false)
+	first := t.TempDir()
+	_, stop := c.ControlPlane(t, controlplane.KubeOptions{StateDir: first, Namespace: ns})
+	stop()
+	second := t.TempDir()
+	c.ControlPlane(t, controlplane.KubeOptions{StateDir: second, Namespace: ns})
+	a, err := os.ReadFile(filepath.Join(first, "ca", "root.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(second, "ca", "root.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Error("the second control plane made a new root instead of restoring the first's from the Secret")
+	}
+	sec, err := c.Client.CoreV1().Secrets(ns).Get(context.Background(), controlplane.CASecretName, metav1.GetOptions{})
+	if err != nil || len(sec.Data["root.key"]) == 0 {
+		t.Errorf("Secret %s/%s: %v, keys %d", ns, controlplane.CASecretName, err, len(sec.Data))
 	}
 }
