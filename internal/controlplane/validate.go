@@ -2,18 +2,15 @@ package controlplane
 
 import (
 	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/source/translate"
 )
-
-// maxValidateBody bounds an AdmissionReview of a custom resource.
-const maxValidateBody = 4 << 20
 
 // validator is the validating admission webhook for Trellis's custom
 // resources: it runs the same decoding and translation as `trellis apply` and
@@ -24,21 +21,7 @@ const maxValidateBody = 4 << 20
 type validator struct{}
 
 func (validator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, maxValidateBody+1))
-	if err != nil || len(body) > maxValidateBody {
-		http.Error(w, "cannot read the AdmissionReview", http.StatusBadRequest)
-		return
-	}
-	var review admissionv1.AdmissionReview
-	if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
-		http.Error(w, "the body is not an AdmissionReview with a request", http.StatusBadRequest)
-		return
-	}
-	resp := validate(review.Request)
-	resp.UID = review.Request.UID
-	review.Response, review.Request = resp, nil
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(review)
+	inject.ServeReview(w, r, validate)
 }
 
 func validate(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {

@@ -21,7 +21,8 @@ type Webhook struct {
 	Logger     *slog.Logger
 }
 
-// maxReview bounds an AdmissionReview body; pods are far smaller.
+// maxReview bounds an AdmissionReview body; pods and Trellis's resources are
+// far smaller.
 const maxReview = 4 << 20
 
 // ServeHTTP answers one AdmissionReview. The policy when injection cannot be
@@ -34,21 +35,28 @@ func (wh *Webhook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	ServeReview(w, r, func(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse { return wh.review(req, log) })
+}
+
+// ServeReview reads one AdmissionReview from r, answers it with review's
+// response (carrying the request's UID) and writes it to w: the plumbing of
+// every Trellis admission webhook.
+func ServeReview(w http.ResponseWriter, r *http.Request, review func(*admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxReview+1))
 	if err != nil || len(body) > maxReview {
 		http.Error(w, "cannot read the AdmissionReview", http.StatusBadRequest)
 		return
 	}
-	var review admissionv1.AdmissionReview
-	if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
+	var ar admissionv1.AdmissionReview
+	if err := json.Unmarshal(body, &ar); err != nil || ar.Request == nil {
 		http.Error(w, "the body is not an AdmissionReview with a request", http.StatusBadRequest)
 		return
 	}
-	resp := wh.review(review.Request, log)
-	resp.UID = review.Request.UID
-	review.Response, review.Request = resp, nil
+	resp := review(ar.Request)
+	resp.UID = ar.Request.UID
+	ar.Response, ar.Request = resp, nil
 	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(review)
+	json.NewEncoder(w).Encode(ar)
 }
 
 func (wh *Webhook) review(req *admissionv1.AdmissionRequest, log *slog.Logger) *admissionv1.AdmissionResponse {

@@ -29,11 +29,7 @@ func httpRoute(c *check, r Resource) model.Route {
 	if _, ok := decodeStrict(c, r, &in); !ok {
 		return model.Route{}
 	}
-	out := model.Route{Key: keyOf(r), Kind: model.RouteKindHTTP, Created: in.CreationTimestamp.Time}
-	out.Parents = parents(c, in.Spec.ParentRefs, r.Namespace)
-	if len(in.Spec.Hostnames) > 0 {
-		c.warnf("spec.hostnames", "ignored: a route attached to a Service matches the requests for that Service whatever their host")
-	}
+	out := routeHead(c, r, model.RouteKindHTTP, in.CreationTimestamp.Time, in.Spec.ParentRefs, len(in.Spec.Hostnames))
 	for i, rule := range in.Spec.Rules {
 		f := fmt.Sprintf("spec.rules[%d]", i)
 		mr := model.RouteRule{Name: ruleName(rule.Name, i)}
@@ -66,13 +62,7 @@ func httpRoute(c *check, r Resource) model.Route {
 		}
 		out.Rules = append(out.Rules, mr)
 	}
-	if len(out.Rules) == 0 {
-		// The Gateway API's default: one rule sending everything to the parent.
-		for _, p := range out.Parents {
-			out.Rules = append(out.Rules, model.RouteRule{Name: "0", Backends: []model.RouteBackend{{Service: p.Service, Port: p.Port, Weight: 1}}})
-			break
-		}
-	}
+	defaultRule(&out)
 	return out
 }
 
@@ -81,11 +71,7 @@ func grpcRoute(c *check, r Resource) model.Route {
 	if _, ok := decodeStrict(c, r, &in); !ok {
 		return model.Route{}
 	}
-	out := model.Route{Key: keyOf(r), Kind: model.RouteKindGRPC, Created: in.CreationTimestamp.Time}
-	out.Parents = parents(c, in.Spec.ParentRefs, r.Namespace)
-	if len(in.Spec.Hostnames) > 0 {
-		c.warnf("spec.hostnames", "ignored: a route attached to a Service matches the requests for that Service whatever their host")
-	}
+	out := routeHead(c, r, model.RouteKindGRPC, in.CreationTimestamp.Time, in.Spec.ParentRefs, len(in.Spec.Hostnames))
 	for i, rule := range in.Spec.Rules {
 		f := fmt.Sprintf("spec.rules[%d]", i)
 		mr := model.RouteRule{Name: ruleName(rule.Name, i)}
@@ -115,13 +101,28 @@ func grpcRoute(c *check, r Resource) model.Route {
 		}
 		out.Rules = append(out.Rules, mr)
 	}
-	if len(out.Rules) == 0 {
-		for _, p := range out.Parents {
-			out.Rules = append(out.Rules, model.RouteRule{Name: "0", Backends: []model.RouteBackend{{Service: p.Service, Port: p.Port, Weight: 1}}})
-			break
-		}
+	defaultRule(&out)
+	return out
+}
+
+// routeHead makes what HTTPRoute and GRPCRoute share: the key, the kind, the
+// creation time that orders routes, the Service parents, and the word on
+// hostnames.
+func routeHead(c *check, r Resource, kind model.RouteKind, created time.Time, refs []gatewayv1.ParentReference, hostnames int) model.Route {
+	out := model.Route{Key: keyOf(r), Kind: kind, Created: created, Parents: parents(c, refs, r.Namespace)}
+	if hostnames > 0 {
+		c.warnf("spec.hostnames", "ignored: a route attached to a Service matches the requests for that Service whatever their host")
 	}
 	return out
+}
+
+// defaultRule gives a route without rules the Gateway API's default: one rule
+// sending everything to its (first) parent.
+func defaultRule(out *model.Route) {
+	if len(out.Rules) == 0 && len(out.Parents) > 0 {
+		p := out.Parents[0]
+		out.Rules = []model.RouteRule{{Name: "0", Backends: []model.RouteBackend{{Service: p.Service, Port: p.Port, Weight: 1}}}}
+	}
 }
 
 func ruleName(n *gatewayv1.SectionName, i int) string {
