@@ -5,8 +5,9 @@
 // trellis) as its credential and the mesh's CA bundle, and points the app
 // containers' HTTP clients at it. The decision and the patch are pure functions
 // of the pod, its namespace and the Config; the patch is all or nothing, so a
-// pod is never left half-injected. The control plane serves it; the proxy never
-// imports it.
+// pod is never left half-injected. ServeReview is the AdmissionReview plumbing
+// every Trellis webhook shares. The control plane serves them; the proxy never
+// imports this package.
 package inject
 
 import (
