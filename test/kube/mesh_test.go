@@ -17,6 +17,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/trellis-mesh/trellis/examples/bookstore"
 	"github.com/trellis-mesh/trellis/internal/controlplane"
 	"github.com/trellis-mesh/trellis/internal/inject"
@@ -271,6 +274,16 @@ spec:
 	})
 	kubetest.Eventually(t, 10*time.Second, "bookthief still denied", deniedNow(thiefIP, "bookthief"))
 
+	// The sidecars' own metrics agree with the apps: bookbuyer's sidecar
+	// counted 2xx answers from bookstore, bookthief's counted its refusals,
+	// naming the reason.
+	if n := requests(t, buyerIP, map[string]string{"direction": "outbound", "response_code": "200", "destination_service": "bookstore." + store}); n < 5 {
+		t.Errorf("bookbuyer's sidecar counted %v outbound 200s to bookstore, want some", n)
+	}
+	if n := requests(t, thiefIP, map[string]string{"direction": "outbound", "reason": "denied"}); n < 5 {
+		t.Errorf("bookthief's sidecar counted %v denied requests, want some", n)
+	}
+
 	// bookstore v2 joins; the split moves the traffic, 50/50 then all to v2.
 	c.Apply(t, `apiVersion: access.smi-spec.io/v1alpha3
 kind: TrafficTarget
@@ -337,4 +350,36 @@ spec:
 	if after.Failed != before.Failed || after.Denied != before.Denied {
 		t.Errorf("requests failed while the split moved: failed %d→%d, denied %d→%d (reasons %v)", before.Failed, after.Failed, before.Denied, after.Denied, after.Reasons)
 	}
+}
+
+// requests sums a sidecar's trellis_requests_total over the series with the
+// given labels, read from its admin port in the pod.
+func requests(t *testing.T, podIP string, want map[string]string) float64 {
+	t.Helper()
+	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	resp, err := hc.Get("http://" + net.JoinHostPort(podIP, "15000") + "/metrics")
+	if err != nil {
+		t.Fatalf("sidecar metrics at %s: %v", podIP, err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("sidecar metrics at %s do not parse: %v", podIP, err)
+	}
+	var sum float64
+	for _, m := range fams["trellis_requests_total"].GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for k, v := range want {
+			match = match && labels[k] == v
+		}
+		if match {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
 }
