@@ -29,6 +29,16 @@ const (
 	InjectedAnnotation  = "trellis.io/injected"                  // set on injected pods
 )
 
+// MetricsAnnotation on a namespace (OSM's, set by trellis metrics enable)
+// makes its meshed pods carry the prometheus.io scrape annotations.
+const MetricsAnnotation = "openservicemesh.io/metrics"
+
+// ScrapeAnnotations are the prometheus.io annotations that point a Prometheus
+// at a sidecar's metrics.
+func ScrapeAnnotations() map[string]string {
+	return map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": strconv.Itoa(AdminPort), "prometheus.io/path": "/metrics"}
+}
+
 // Names and paths of what the webhook adds.
 const (
 	ProxyContainer = "trellis-proxy"

@@ -87,6 +87,11 @@ func (wh *Webhook) review(req *admissionv1.AdmissionRequest, log *slog.Logger) *
 		return allow
 	}
 	injected, err := Mutate(&pod, wh.Config)
+	if err == nil && ns != nil && ns.Annotations[MetricsAnnotation] == "enabled" {
+		for k, v := range ScrapeAnnotations() {
+			injected.Annotations[k] = v
+		}
+	}
 	if err == nil {
 		var patch []byte
 		if patch, err = Patch(&pod, injected); err == nil {

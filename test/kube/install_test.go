@@ -92,6 +92,20 @@ func TestInstallUninstall(t *testing.T) {
 	}
 	kubetest.Eventually(t, 60*time.Second, "bookbuyer served through the installed mesh", servedNow("bookbuyer"))
 
+	// Metrics on: the meshed pods carry the scrape annotations, and pods
+	// injected from now on get them too (the Job's, below).
+	trellis(t, "metrics", "enable", "--namespace", ns)
+	scraped := func(pod string) string {
+		p, err := c.Client.CoreV1().Pods(ns).Get(context.Background(), pod, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Annotations["prometheus.io/scrape"] + " " + p.Annotations["prometheus.io/port"]
+	}
+	if got := scraped("bookbuyer"); got != "true 15000" {
+		t.Errorf("after metrics enable, bookbuyer's prometheus.io scrape and port = %q, want true 15000", got)
+	}
+
 	// A Job's pod completes: the native sidecar stops once the job's
 	// container has exited.
 	job := &batchv1.Job{
@@ -123,6 +137,13 @@ func TestInstallUninstall(t *testing.T) {
 	pods, err := c.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "job-name=once"})
 	if err != nil || len(pods.Items) != 1 || len(pods.Items[0].Spec.InitContainers) == 0 || pods.Items[0].Spec.InitContainers[0].Name != inject.ProxyContainer {
 		t.Errorf("the Job's pod was not meshed: %v %+v", err, pods)
+	}
+	if got := pods.Items[0].Annotations["prometheus.io/scrape"]; got != "true" {
+		t.Errorf("the Job's pod, injected after metrics enable, has prometheus.io/scrape %q, want true", got)
+	}
+	trellis(t, "metrics", "disable", "--namespace", ns)
+	if got := scraped("bookbuyer"); got != " " {
+		t.Errorf("after metrics disable, bookbuyer's prometheus.io scrape and port = %q, want none", got)
 	}
 	if err := c.Client.BatchV1().Jobs(ns).Delete(context.Background(), "once", metav1.DeleteOptions{PropagationPolicy: kubetest.Ptr(metav1.DeletePropagationBackground)}); err != nil {
 		t.Fatal(err)

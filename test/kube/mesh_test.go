@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/trellis-mesh/trellis/examples/bookstore"
+	"github.com/trellis-mesh/trellis/internal/cli"
 	"github.com/trellis-mesh/trellis/internal/controlplane"
 	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/test/kubetest"
@@ -282,6 +284,25 @@ spec:
 	}
 	if n := requests(t, thiefIP, map[string]string{"direction": "outbound", "reason": "denied"}); n < 5 {
 		t.Errorf("bookthief's sidecar counted %v denied requests, want some", n)
+	}
+
+	// trellis proxy config reads the sidecar through the API server's pod proxy.
+	var out, errb bytes.Buffer
+	if code := cli.Main(context.Background(), []string{"proxy", "config", "--kubernetes", "-n", buyer, "bookbuyer", "-o", "json",
+		"--kubeconfig", os.Getenv(kubetest.KubeconfigEnv)}, &out, &errb); code != 0 {
+		t.Fatalf("trellis proxy config: exit %d: %s", code, errb.String())
+	}
+	var pc struct {
+		Identity     string `json:"identity"`
+		Destinations []struct {
+			Authority string `json:"authority"`
+		} `json:"destinations"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &pc); err != nil {
+		t.Fatalf("trellis proxy config -o json: %v\n%s", err, out.String())
+	}
+	if pc.Identity != "spiffe://cluster.local/ns/"+buyer+"/sa/bookbuyer" || len(pc.Destinations) == 0 || pc.Destinations[0].Authority != "bookstore."+store+":14001" {
+		t.Errorf("proxy config of bookbuyer: identity %q, destinations %+v; want bookbuyer's identity and bookstore.%s:14001", pc.Identity, pc.Destinations, store)
 	}
 
 	// bookstore v2 joins; the split moves the traffic, 50/50 then all to v2.
