@@ -1,23 +1,32 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/trellis-mesh/trellis/internal/controlplane"
+	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/source/local"
 	"github.com/trellis-mesh/trellis/internal/stat"
 )
 
 type statOptions struct {
 	*globals
-	namespace string
-	window    time.Duration
-	output    string
+	namespace  string
+	window     time.Duration
+	output     string
+	kube       bool
+	kubeconfig string
 }
 
 func newStatCmd(g *globals) *cobra.Command {
@@ -27,8 +36,11 @@ func newStatCmd(g *globals) *cobra.Command {
 		Short: "Show golden metrics per workload: requests per second, success rate, latency",
 		Long: `Scrapes every sidecar's metrics twice, --window apart, and prints for each workload the
 requests it served in that window: requests per second, success rate, and p50 and p99
-latency (from the request duration histogram), plus the cumulative totals.`,
-		Example: "  trellis stat\n  trellis stat -n bookstore --window 5s -o json",
+latency (from the request duration histogram), plus the cumulative totals.
+
+With --kubernetes, the workloads are the meshed pods (of -n NAMESPACE, or of every namespace),
+and their sidecars are read through the API server's pod proxy.`,
+		Example: "  trellis stat\n  trellis stat -n bookstore --window 5s -o json\n  trellis stat --kubernetes -n bookstore",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return o.run(cmd.Context(), cmd.OutOrStdout())
@@ -38,12 +50,60 @@ latency (from the request duration histogram), plus the cumulative totals.`,
 	f.StringVarP(&o.namespace, "namespace", "n", "", "only workloads in this `namespace`")
 	f.DurationVar(&o.window, "window", 10*time.Second, "how long to measure")
 	f.StringVarP(&o.output, "output", "o", "", "json or yaml")
+	f.BoolVar(&o.kube, "kubernetes", false, "read the meshed pods of a Kubernetes cluster")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "with --kubernetes: kubeconfig `file`; default: in-cluster credentials, then $KUBECONFIG")
 	return cmd
+}
+
+// runKube measures the meshed pods' sidecars, read through the API server.
+func (o *statOptions) runKube(ctx context.Context, w io.Writer) error {
+	cfg, err := kubeConfig(o.kubeconfig)
+	if err != nil {
+		return err
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	pods, err := c.CoreV1().Pods(o.namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	who := map[string]stat.WorkloadRef{}
+	for _, p := range pods.Items {
+		if p.Annotations[inject.InjectedAnnotation] == "true" && p.Status.Phase == corev1.PodRunning {
+			who[p.Namespace+"/"+p.Name] = stat.WorkloadRef{Namespace: p.Namespace, Name: p.Name}
+		}
+	}
+	scrape := func() map[string]*stat.Sample {
+		out := map[string]*stat.Sample{}
+		for id, ref := range who {
+			b, err := c.CoreV1().Pods(ref.Namespace).ProxyGet("http", ref.Name, strconv.Itoa(inject.AdminPort), "/metrics", nil).DoRaw(ctx)
+			if err != nil {
+				continue // shows with no data
+			}
+			if s, err := stat.Parse(bytes.NewReader(b)); err == nil {
+				out[id] = s
+			}
+		}
+		return out
+	}
+	before := scrape()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(o.window):
+	}
+	rows := stat.Compute(before, scrape(), o.window, who)
+	return output(w, o.output, rows, func() error { return stat.Table(w, rows) })
 }
 
 func (o *statOptions) run(ctx context.Context, w io.Writer) error {
 	if o.window <= 0 {
 		return fmt.Errorf("--window must be positive, got %s", o.window)
+	}
+	if o.kube {
+		return o.runKube(ctx, w)
 	}
 	c, err := controlplane.Dial(o.stateDir)
 	if err != nil {

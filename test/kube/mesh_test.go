@@ -305,6 +305,31 @@ spec:
 		t.Errorf("proxy config of bookbuyer: identity %q, destinations %+v; want bookbuyer's identity and bookstore.%s:14001", pc.Identity, pc.Destinations, store)
 	}
 
+	// trellis stat reads the same sidecars' metrics and sees bookstore serve.
+	out.Reset()
+	errb.Reset()
+	if code := cli.Main(context.Background(), []string{"stat", "--kubernetes", "-n", store, "--window", "2s", "-o", "json",
+		"--kubeconfig", os.Getenv(kubetest.KubeconfigEnv)}, &out, &errb); code != 0 {
+		t.Fatalf("trellis stat: exit %d: %s", code, errb.String())
+	}
+	var rows []struct {
+		Namespace    string  `json:"namespace"`
+		Workload     string  `json:"workload"`
+		TotalSuccess float64 `json:"total_success"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &rows); err != nil {
+		t.Fatalf("trellis stat -o json: %v\n%s", err, out.String())
+	}
+	served := 0.0
+	for _, r := range rows {
+		if r.Namespace == store && r.Workload == "bookstore-v1" {
+			served = r.TotalSuccess
+		}
+	}
+	if served < 5 {
+		t.Errorf("trellis stat --kubernetes: bookstore-v1 served %v requests successfully, want some; rows %s", served, out.String())
+	}
+
 	// bookstore v2 joins; the split moves the traffic, 50/50 then all to v2.
 	c.Apply(t, `apiVersion: access.smi-spec.io/v1alpha3
 kind: TrafficTarget
