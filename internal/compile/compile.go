@@ -197,6 +197,7 @@ func Inbound(s *model.Snapshot, id string) (*proxyv1.InboundConfig, error) {
 		TrustDomain: mesh.TrustDomain,
 		Permissive:  mesh.Permissive,
 		Egress:      mesh.Egress,
+		LogLevel:    mesh.SidecarLogLevel,
 		Workload:    w.Name,
 		Namespace:   w.Identity.Namespace,
 	}

@@ -184,3 +184,16 @@ func TestParseAuthority(t *testing.T) {
 		})
 	}
 }
+
+// The mesh config's sidecar log level reaches every sidecar's inbound config.
+func TestInboundLogLevel(t *testing.T) {
+	in := bookstore(false, nil)
+	in.Mesh.SidecarLogLevel = "debug"
+	ic, err := Inbound(model.Build(in), "bookstore/bookstore-v1-aaaaaa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ic.GetLogLevel() != "debug" {
+		t.Errorf("inbound log level = %q, want debug", ic.GetLogLevel())
+	}
+}

@@ -181,6 +181,10 @@ type MeshSettings struct {
 	// spec.certificate.serviceCertValidityDuration); 0 means the control plane's
 	// default, 24h.
 	CertValidity time.Duration `json:"certValidity,omitempty"`
+	// SidecarLogLevel is the sidecars' log level (OSM's spec.sidecar.logLevel,
+	// in its words: trace, debug, info, warning, warn, error, critical, off);
+	// empty: each sidecar's own --log-level.
+	SidecarLogLevel string `json:"sidecarLogLevel,omitempty"`
 	// Source names the MeshConfig that set these, if any.
 	Source string `json:"source,omitempty"`
 }

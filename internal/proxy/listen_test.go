@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -74,5 +75,22 @@ func TestListenBadDescriptor(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("listen(%q) = %v, want an error containing %q", tc.addr, err, tc.want)
 		}
+	}
+}
+
+func TestMeshLogLevel(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want slog.Level
+	}{
+		{"trace", slog.LevelDebug}, {"debug", slog.LevelDebug}, {"info", slog.LevelInfo}, {"warning", slog.LevelWarn},
+		{"warn", slog.LevelWarn}, {"error", slog.LevelError}, {"critical", slog.LevelError}, {"", slog.LevelWarn}, {"loud", slog.LevelWarn},
+	} {
+		if got := meshLogLevel(tt.in, slog.LevelWarn); got != tt.want {
+			t.Errorf("meshLogLevel(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+	if off := meshLogLevel("off", slog.LevelInfo); off <= slog.LevelError {
+		t.Errorf("meshLogLevel(off) = %v, want above error", off)
 	}
 }

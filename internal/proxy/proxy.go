@@ -65,6 +65,11 @@ type Options struct {
 
 	AccessLog io.Writer // JSON lines; nil: none
 	Logger    *slog.Logger
+	// LogLevel, when set, is the level Logger logs at; the mesh config's
+	// sidecar log level changes it while the sidecar runs, and
+	// DefaultLogLevel is what it returns to when the mesh config names none.
+	LogLevel        *slog.LevelVar
+	DefaultLogLevel slog.Level
 }
 
 // Run parses args as trellis-proxy's flags and runs the sidecar until ctx ends.
@@ -100,10 +105,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	o.Credential = os.Getenv(TokenEnv)
 	var lvl slog.Level
+	o.LogLevel = new(slog.LevelVar)
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	o.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	o.LogLevel.Set(lvl)
+	o.DefaultLogLevel = lvl
+	o.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: o.LogLevel}))
 	if *accessLog {
 		o.AccessLog = stdout
 	}
@@ -277,6 +285,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 			return err
 		}
 		p.policy.Store(pol)
+		if lv := p.opts.LogLevel; lv != nil {
+			lv.Set(meshLogLevel(m.GetLogLevel(), p.opts.DefaultLogLevel))
+		}
 		once.Do(func() { close(policyReady) })
 		return nil
 	})
@@ -340,6 +351,24 @@ func h2cOnly() *http.Protocols {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
 	return &p
+}
+
+// meshLogLevel maps the mesh config's sidecar log level (OSM's words) to a
+// slog level; empty or unknown gives def.
+func meshLogLevel(osm string, def slog.Level) slog.Level {
+	switch strings.ToLower(osm) {
+	case "trace", "debug":
+		return slog.LevelDebug
+	case "info":
+		return slog.LevelInfo
+	case "warning", "warn":
+		return slog.LevelWarn
+	case "error", "critical":
+		return slog.LevelError
+	case "off":
+		return slog.LevelError + 100
+	}
+	return def
 }
 
 // listen opens a TCP listener on host:port, or takes over the listening socket

@@ -1420,7 +1420,10 @@ type InboundConfig struct {
 	// with another version certifies again soon, with a small random delay, to
 	// learn the new bundle and get a leaf from the new intermediate. Empty when
 	// the control plane does not say. It is not part of version.
-	TrustVersion  string `protobuf:"bytes,9,opt,name=trust_version,json=trustVersion,proto3" json:"trust_version,omitempty"`
+	TrustVersion string `protobuf:"bytes,9,opt,name=trust_version,json=trustVersion,proto3" json:"trust_version,omitempty"`
+	// The sidecar's log level from the mesh config (OSM's spec.sidecar.logLevel:
+	// trace, debug, info, warning, warn, error, critical or off); empty: its own.
+	LogLevel      string `protobuf:"bytes,10,opt,name=log_level,json=logLevel,proto3" json:"log_level,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1514,6 +1517,13 @@ func (x *InboundConfig) GetNamespace() string {
 func (x *InboundConfig) GetTrustVersion() string {
 	if x != nil {
 		return x.TrustVersion
+	}
+	return ""
+}
+
+func (x *InboundConfig) GetLogLevel() string {
+	if x != nil {
+		return x.LogLevel
 	}
 	return ""
 }
@@ -1816,7 +1826,7 @@ const file_api_proxy_v1_proxy_proto_rawDesc = "" +
 	"\x0eInboundRequest\x12\x1f\n" +
 	"\vworkload_id\x18\x01 \x01(\tR\n" +
 	"workloadId\x12#\n" +
-	"\rtrust_version\x18\x02 \x01(\tR\ftrustVersion\"\xc8\x02\n" +
+	"\rtrust_version\x18\x02 \x01(\tR\ftrustVersion\"\xe5\x02\n" +
 	"\rInboundConfig\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1a\n" +
 	"\bidentity\x18\x02 \x01(\tR\bidentity\x12!\n" +
@@ -1828,7 +1838,9 @@ const file_api_proxy_v1_proxy_proto_rawDesc = "" +
 	"\x0eauthorizations\x18\x06 \x03(\v2\x1f.trellis.proxy.v1.AuthorizationR\x0eauthorizations\x12\x1a\n" +
 	"\bworkload\x18\a \x01(\tR\bworkload\x12\x1c\n" +
 	"\tnamespace\x18\b \x01(\tR\tnamespace\x12#\n" +
-	"\rtrust_version\x18\t \x01(\tR\ftrustVersion\"\x9a\x01\n" +
+	"\rtrust_version\x18\t \x01(\tR\ftrustVersion\x12\x1b\n" +
+	"\tlog_level\x18\n" +
+	" \x01(\tR\blogLevel\"\x9a\x01\n" +
 	"\rAuthorization\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\asources\x18\x02 \x03(\tR\asources\x12.\n" +

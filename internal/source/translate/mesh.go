@@ -17,6 +17,7 @@ const (
 	fieldPermissive = "spec.traffic.enablePermissiveTrafficPolicyMode"
 	fieldEgress     = "spec.traffic.enableEgress"
 	fieldCertTTL    = "spec.certificate.serviceCertValidityDuration"
+	fieldSidecarLog = "spec.sidecar.logLevel"
 )
 
 // v1alpha2OnlyFields are MeshConfig spec fields that v1alpha1 lacks.
@@ -51,7 +52,7 @@ func meshConfig(c *check, r Resource) model.MeshSettings {
 		}
 	}
 	s := in.Spec
-	oneOf(c, "spec.sidecar.logLevel", s.Sidecar.LogLevel, "trace", "debug", "info", "warning", "warn", "error", "critical", "off")
+	oneOf(c, fieldSidecarLog, s.Sidecar.LogLevel, "trace", "debug", "info", "warning", "warn", "error", "critical", "off")
 	tls := []string{"TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"}
 	oneOf(c, "spec.sidecar.tlsMinProtocolVersion", s.Sidecar.TLSMinProtocolVersion, tls...)
 	oneOf(c, "spec.sidecar.tlsMaxProtocolVersion", s.Sidecar.TLSMaxProtocolVersion, tls...)
@@ -79,16 +80,17 @@ func meshConfig(c *check, r Resource) model.MeshSettings {
 		port(c, "spec.observability.tracing.port", p)
 	}
 	for _, f := range set {
-		if f != fieldPermissive && f != fieldEgress && f != fieldCertTTL {
+		if f != fieldPermissive && f != fieldEgress && f != fieldCertTTL && f != fieldSidecarLog {
 			c.warnf(f, NotUsedYet)
 		}
 	}
 	return model.MeshSettings{
-		TrustDomain:  model.DefaultTrustDomain,
-		Permissive:   boolOr(s.Traffic.EnablePermissiveTrafficPolicyMode, true),
-		Egress:       boolOr(s.Traffic.EnableEgress, true),
-		CertValidity: certTTL,
-		Source:       "MeshConfig " + r.Namespace + "/" + r.Name,
+		TrustDomain:     model.DefaultTrustDomain,
+		Permissive:      boolOr(s.Traffic.EnablePermissiveTrafficPolicyMode, true),
+		Egress:          boolOr(s.Traffic.EnableEgress, true),
+		CertValidity:    certTTL,
+		SidecarLogLevel: s.Sidecar.LogLevel,
+		Source:          "MeshConfig " + r.Namespace + "/" + r.Name,
 	}
 }
 

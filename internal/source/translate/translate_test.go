@@ -162,7 +162,7 @@ func TestTranslateMeshConfig(t *testing.T) {
 		{
 			name:       "OSM install with permissive mode off and tracing on",
 			file:       "meshconfig.yaml",
-			wantMesh:   &model.MeshSettings{TrustDomain: "cluster.local", Permissive: false, Egress: true, CertValidity: 24 * time.Hour, Source: "MeshConfig osm-system/osm-mesh-config"},
+			wantMesh:   &model.MeshSettings{TrustDomain: "cluster.local", Permissive: false, Egress: true, CertValidity: 24 * time.Hour, SidecarLogLevel: "error", Source: "MeshConfig osm-system/osm-mesh-config"},
 			wantConfig: []string{"MeshConfig osm-system/osm-mesh-config"},
 			wantWarned: []string{
 				"spec.certificate.certKeyBitSize",
@@ -182,7 +182,6 @@ func TestTranslateMeshConfig(t *testing.T) {
 				"spec.sidecar.configResyncInterval",
 				"spec.sidecar.enablePrivilegedInitContainer",
 				"spec.sidecar.localProxyMode",
-				"spec.sidecar.logLevel",
 				"spec.sidecar.tlsMaxProtocolVersion",
 				"spec.sidecar.tlsMinProtocolVersion",
 				"spec.traffic.inboundExternalAuthorization.enable",
