@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
@@ -270,22 +271,24 @@ type caBundles struct {
 	client kubernetes.Interface
 	pem    []byte
 	log    *slog.Logger
-	done   map[string]bool // namespaces known to hold the current bundle
+	// done holds the namespaces, by UID, known to hold the current bundle: a
+	// namespace deleted and made again under the same name gets it again.
+	done map[types.UID]bool
 }
 
-func (b *caBundles) ensure(ctx context.Context, namespaces []string) {
+func (b *caBundles) ensure(ctx context.Context, namespaces []*corev1.Namespace) {
 	if b.done == nil {
-		b.done = map[string]bool{}
+		b.done = map[types.UID]bool{}
 	}
 	for _, ns := range namespaces {
-		if b.done[ns] {
+		if b.done[ns.UID] {
 			continue
 		}
-		if err := b.ensureOne(ctx, ns); err != nil {
-			b.log.Warn("CA bundle not written; pods injected there cannot start their sidecar until it is", "namespace", ns, "err", err)
+		if err := b.ensureOne(ctx, ns.Name); err != nil {
+			b.log.Warn("CA bundle not written; pods injected there cannot start their sidecar until it is", "namespace", ns.Name, "err", err)
 			continue
 		}
-		b.done[ns] = true
+		b.done[ns.UID] = true
 	}
 }
 

@@ -164,18 +164,19 @@ func (s *Source) Namespace(name string) (*corev1.Namespace, error) {
 	return obj.(*corev1.Namespace), nil
 }
 
-// MeshedNamespaces returns the names of the namespaces in the mesh, sorted.
-func (s *Source) MeshedNamespaces() []string {
-	var out []string
+// MeshedNamespaces returns the namespaces in the mesh, sorted by name. They
+// are the informer's: callers must not modify them.
+func (s *Source) MeshedNamespaces() []*corev1.Namespace {
 	if s.namespaces.store == nil {
 		return nil // not started
 	}
+	var out []*corev1.Namespace
 	for _, ns := range s.namespaces.list() {
 		if meshed(ns) {
-			out = append(out, ns.Name)
+			out = append(out, ns)
 		}
 	}
-	sort.Strings(out)
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
