@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/x509"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,12 +109,21 @@ func New(cfg Config) *Server {
 // Register adds the services to g.
 func (s *Server) Register(g *grpc.Server) {
 	proxyv1grpc.RegisterIdentityServer(g, s)
-	dests := proxyv1grpc.Destinations_ServiceDesc
-	dests.Streams = []grpc.StreamDesc{{StreamName: "Watch", ServerStreams: true, Handler: watchHandler(s.Watch)}}
-	g.RegisterService(&dests, s)
-	inbound := proxyv1grpc.Inbound_ServiceDesc
-	inbound.Streams = []grpc.StreamDesc{{StreamName: "Watch", ServerStreams: true, Handler: watchHandler(s.watchInbound)}}
-	g.RegisterService(&inbound, inboundServer{s: s})
+	g.RegisterService(withWatch(proxyv1grpc.Destinations_ServiceDesc, watchHandler(s.Watch)), s)
+	g.RegisterService(withWatch(proxyv1grpc.Inbound_ServiceDesc, watchHandler(s.watchInbound)), inboundServer{s: s})
+}
+
+// withWatch returns a copy of the generated desc with the handler of its
+// Watch stream replaced by h.
+func withWatch(desc grpc.ServiceDesc, h grpc.StreamHandler) *grpc.ServiceDesc {
+	desc.Streams = slices.Clone(desc.Streams)
+	for i := range desc.Streams {
+		if desc.Streams[i].StreamName == "Watch" {
+			desc.Streams[i].Handler = h
+			return &desc
+		}
+	}
+	panic("serve: " + desc.ServiceName + " has no Watch stream") // the generated code changed
 }
 
 // watchHandler is the generated stream handler of a watch, with the request
