@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 
 	"github.com/trellis-mesh/trellis/internal/compile"
@@ -78,6 +79,11 @@ func newAdmin(store *local.Store, srv *serve.Server, builds *metrics.Histogram, 
 	if rot != nil {
 		rot.routes(mux)
 	}
+	// The runtime's profiles (heap, goroutines, CPU), behind the token like
+	// everything that is not /metrics: `go tool pprof` with the header
+	// "Authorization: Bearer <admin-token>".
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	top := http.NewServeMux()
 	top.HandleFunc("GET /metrics", a.metrics)
 	top.Handle("/", a.auth(mux))

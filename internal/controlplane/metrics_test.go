@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -71,5 +72,46 @@ func TestAdminMetrics(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("GET /v1/status without the token: %s, want 401", resp.Status)
+	}
+}
+
+// TestAdminPprof: the runtime's profiles are served on the admin listener, and
+// only with the admin token.
+func TestAdminPprof(t *testing.T) {
+	store, err := local.Open(local.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := serve.New(serve.Config{Authenticator: store})
+	srv.Update(store.Snapshot())
+	ts := httptest.NewServer(newAdmin(store, srv, metrics.NewHistogram(nil), "secret", slog.New(slog.DiscardHandler), nil))
+	defer ts.Close()
+
+	for _, tc := range []struct {
+		name, token string
+		want        int
+	}{
+		{"without the token", "", http.StatusUnauthorized},
+		{"with a wrong token", "guess", http.StatusUnauthorized},
+		{"with the token", "secret", http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, ts.URL+"/debug/pprof/heap?debug=1", nil)
+			if tc.token != "" {
+				req.Header.Set("Authorization", "Bearer "+tc.token)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("GET /debug/pprof/heap: %s, want %d", resp.Status, tc.want)
+			}
+			if tc.want == http.StatusOK && !strings.Contains(string(body), "runtime.MemStats") {
+				t.Errorf("GET /debug/pprof/heap?debug=1 has no MemStats:\n%.300s", body)
+			}
+		})
 	}
 }

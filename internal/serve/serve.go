@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/x509"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -124,8 +125,45 @@ func New(cfg Config) *Server {
 // Register adds the services to g.
 func (s *Server) Register(g *grpc.Server) {
 	proxyv1grpc.RegisterIdentityServer(g, s)
-	proxyv1grpc.RegisterDestinationsServer(g, s)
-	proxyv1grpc.RegisterInboundServer(g, inboundServer{s: s})
+	g.RegisterService(withWatch(proxyv1grpc.Destinations_ServiceDesc, watchHandler(s.Watch)), s)
+	g.RegisterService(withWatch(proxyv1grpc.Inbound_ServiceDesc, watchHandler(s.watchInbound)), inboundServer{s: s})
+}
+
+// withWatch returns a copy of the generated desc with the handler of its
+// Watch stream replaced by h.
+func withWatch(desc grpc.ServiceDesc, h grpc.StreamHandler) *grpc.ServiceDesc {
+	desc.Streams = slices.Clone(desc.Streams)
+	for i := range desc.Streams {
+		if desc.Streams[i].StreamName == "Watch" {
+			desc.Streams[i].Handler = h
+			return &desc
+		}
+	}
+	panic("serve: " + desc.ServiceName + " has no Watch stream") // the generated code changed
+}
+
+// watchHandler is the generated stream handler of a watch, with the request
+// read on a goroutine of its own (see offStack).
+func watchHandler[Req, Resp any](watch func(*Req, grpc.ServerStreamingServer[Resp]) error) grpc.StreamHandler {
+	return func(_ any, ss grpc.ServerStream) error {
+		req := new(Req)
+		if err := offStack(func() error { return ss.RecvMsg(req) }); err != nil {
+			return err
+		}
+		return watch(req, &grpc.GenericServerStream[Req, Resp]{ServerStream: ss})
+	}
+}
+
+// offStack runs f on a short-lived goroutine and waits for it. A watch's
+// handler goroutine lives as long as its stream, and a goroutine's stack
+// keeps the largest size it has grown to while the frames below its wait
+// are too deep for the runtime to shrink it; so the deep calls (reading the
+// request, checking the caller, compiling, encoding and writing a config)
+// run here, and the stream's goroutine keeps the small stack its wait needs.
+func offStack(f func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	return <-done
 }
 
 // Update installs a new snapshot and returns at once; a snapshot with the same
@@ -309,13 +347,19 @@ func (s *Server) Certify(ctx context.Context, req *proxyv1.CertifyRequest) (*pro
 // Watch implements Destinations.Watch.
 func (s *Server) Watch(req *proxyv1.DestinationRequest, stream grpc.ServerStreamingServer[proxyv1.DestinationConfig]) error {
 	ctx := stream.Context()
-	caller, err := peerID(ctx)
-	if err != nil {
+	var t compile.Target
+	if err := offStack(func() error {
+		caller, err := peerID(ctx)
+		if err != nil {
+			return err
+		}
+		t, err = compile.ParseAuthority(req.GetAuthority(), caller.Namespace)
+		if err != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		return nil
+	}); err != nil {
 		return err
-	}
-	t, err := compile.ParseAuthority(req.GetAuthority(), caller.Namespace)
-	if err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	if err := s.wait(ctx); err != nil {
 		return err
@@ -356,27 +400,32 @@ func (i inboundServer) Watch(req *proxyv1.InboundRequest, stream grpc.ServerStre
 
 func (s *Server) watchInbound(req *proxyv1.InboundRequest, stream grpc.ServerStreamingServer[proxyv1.InboundConfig]) error {
 	ctx := stream.Context()
-	caller, err := peerID(ctx)
-	if err != nil {
+	var caller spiffe.ID
+	if err := offStack(func() (err error) { caller, err = peerID(ctx); return err }); err != nil {
 		return err
 	}
 	if err := s.wait(ctx); err != nil {
 		return err
 	}
 	id := req.GetWorkloadId()
-	w, ok := s.Snapshot().Workload(id)
-	if !ok {
-		return status.Errorf(codes.NotFound, "workload %q is not registered", id)
-	}
-	if w.Identity.Namespace != caller.Namespace || w.Identity.Account != caller.Account {
-		return status.Errorf(codes.PermissionDenied, "workload %q belongs to %s, not to the caller %s", id, w.Identity, caller)
+	if err := offStack(func() error {
+		w, ok := s.Snapshot().Workload(id)
+		if !ok {
+			return status.Errorf(codes.NotFound, "workload %q is not registered", id)
+		}
+		if w.Identity.Namespace != caller.Namespace || w.Identity.Account != caller.Account {
+			return status.Errorf(codes.PermissionDenied, "workload %q belongs to %s, not to the caller %s", id, w.Identity, caller)
+		}
+		return nil
+	}); err != nil {
+		return err
 	}
 	if o := s.cfg.Trust; o != nil && req.GetTrustVersion() != "" {
 		o.Holds(id, req.GetTrustVersion(), peerIssuer(ctx))
 	}
 	if o := s.cfg.Observer; o != nil {
-		o.Connected(id)
-		defer o.Disconnected(id)
+		offStack(func() error { o.Connected(id); return nil })
+		defer offStack(func() error { o.Disconnected(id); return nil })
 	}
 	m := &mailbox{c: make(chan struct{}, 1)}
 	s.mu.Lock()
@@ -432,7 +481,8 @@ func (s *Server) stream(ctx context.Context, m *mailbox, current func() (version
 	s.streams.Add(1)
 	defer s.streams.Add(-1)
 	last := ""
-	for first := true; ; first = false {
+	first := true
+	step := func() error {
 		v, at, err := current()
 		if err != nil {
 			return err
@@ -446,6 +496,13 @@ func (s *Server) stream(ctx context.Context, m *mailbox, current func() (version
 				s.pushLatency.Observe(time.Since(at))
 			}
 			last = v.GetVersion()
+		}
+		first = false
+		return nil
+	}
+	for {
+		if err := offStack(step); err != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():

@@ -1028,3 +1028,24 @@ func TestBurstCoalesced(t *testing.T) {
 		t.Errorf("server pushed %d messages during the burst, want %d (all to the slow stream, none to the other)", sent, got)
 	}
 }
+
+// TestRegisterServesEveryMethod: Register installs its own watch handlers on
+// copies of the generated service descriptors; every generated method must
+// still be served, with the same streaming kind.
+func TestRegisterServesEveryMethod(t *testing.T) {
+	g := grpc.NewServer()
+	serve.New(serve.Config{}).Register(g)
+	got := g.GetServiceInfo()
+	for _, desc := range []grpc.ServiceDesc{proxyv1grpc.Identity_ServiceDesc, proxyv1grpc.Destinations_ServiceDesc, proxyv1grpc.Inbound_ServiceDesc} {
+		var want []grpc.MethodInfo
+		for _, m := range desc.Methods {
+			want = append(want, grpc.MethodInfo{Name: m.MethodName})
+		}
+		for _, st := range desc.Streams {
+			want = append(want, grpc.MethodInfo{Name: st.StreamName, IsClientStream: st.ClientStreams, IsServerStream: st.ServerStreams})
+		}
+		if diff := cmp.Diff(want, got[desc.ServiceName].Methods); diff != "" {
+			t.Errorf("%s: methods served (-generated +registered):\n%s", desc.ServiceName, diff)
+		}
+	}
+}
