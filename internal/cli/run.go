@@ -21,6 +21,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/freeport"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/source/local"
+	"github.com/trellis-mesh/trellis/internal/spiffe"
 )
 
 // ProxyEnv names the sidecar binary when it is not beside trellis.
@@ -36,6 +37,7 @@ type runOptions struct {
 	withdrawDelay            time.Duration
 	stopTimeout              time.Duration
 	accessLog                bool
+	keyType                  string
 	tcpForwards              []string
 }
 
@@ -75,6 +77,7 @@ AUTHORITY.`,
 	f.DurationVar(&o.readyTimeout, "ready-timeout", 30*time.Second, "how long to wait for the sidecar and the program to be ready")
 	f.DurationVar(&o.withdrawDelay, "withdraw-delay", 500*time.Millisecond, "at shutdown, how long to keep serving after withdrawing the endpoint, while callers learn of it")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 10*time.Second, "how long the program may take to exit after SIGTERM before SIGKILL")
+	f.StringVar(&o.keyType, "key-type", "ecdsa-p256", "the `type` of key the sidecar makes for its certificate: ecdsa-p256 or ecdsa-p384")
 	f.BoolVar(&o.accessLog, "access-log", true, "the sidecar writes a JSON access log line per request to stdout")
 	f.StringArrayVar(&o.tcpForwards, "tcp-forward", nil, "LISTEN=AUTHORITY: bind LISTEN (127.0.0.1:PORT) for opaque TCP to the mesh destination AUTHORITY (repeatable)")
 	return cmd
@@ -186,6 +189,9 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 	if err != nil {
 		return err
 	}
+	if _, err := spiffe.ParseKeyType(o.keyType); err != nil {
+		return fmt.Errorf("--key-type: %w", err)
+	}
 	forwards, err := parseTCPForwards(o.tcpForwards)
 	if err != nil {
 		return err
@@ -249,6 +255,9 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 	}
 	if !o.accessLog {
 		proxyArgs = append(proxyArgs, "--access-log=false")
+	}
+	if o.keyType != "" {
+		proxyArgs = append(proxyArgs, "--key-type", o.keyType)
 	}
 	proxyArgs = append(proxyArgs, fwdArgs...)
 	proxy := exec.Command(proxyBin, proxyArgs...)

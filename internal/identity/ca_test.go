@@ -189,11 +189,11 @@ func TestSignRejects(t *testing.T) {
 	good, _ := newCSR(t, web)
 	tampered := bytes.Clone(good)
 	tampered[len(tampered)-1] ^= 0xff
-	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	p521, err := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p384CSR, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, p384)
+	p521CSR, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, p521)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ func TestSignRejects(t *testing.T) {
 	}{
 		{"garbage request", []byte("not a CSR"), web, 0},
 		{"bad signature", tampered, web, 0},
-		{"P-384 key", p384CSR, web, 0},
+		{"P-521 key", p521CSR, web, 0},
 		{"other trust domain", good, mustParse(t, "spiffe://other.domain/ns/shop/sa/web"), 0},
 		{"invalid identity", good, spiffe.ID{TrustDomain: "cluster.local", Namespace: "shop"}, 0},
 		{"negative TTL", good, web, -time.Hour},
@@ -216,6 +216,32 @@ func TestSignRejects(t *testing.T) {
 				t.Errorf("Sign succeeded with %d certificates, want an error", len(chain))
 			}
 		})
+	}
+}
+
+// A sidecar made to use ECDSA P-384 (trellis-proxy --key-type ecdsa-p384) gets
+// a certificate for its key.
+func TestSignP384(t *testing.T) {
+	ca := newCA(t, identity.Options{})
+	web := mustParse(t, "spiffe://cluster.local/ns/shop/sa/web")
+	key, err := spiffe.NewKeyOf(spiffe.KeyP384)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := ca.Sign(csr, web, 0)
+	if err != nil {
+		t.Fatalf("Sign(P-384 request) = %v", err)
+	}
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pub, ok := leaf.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(key.Public()) {
+		t.Errorf("leaf key = %T, want the request's P-384 key", leaf.PublicKey)
 	}
 }
 

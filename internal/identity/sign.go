@@ -34,8 +34,8 @@ func (ca *CA) Sign(csrDER []byte, id spiffe.ID, ttl time.Duration) ([][]byte, er
 		return nil, fmt.Errorf("sign certificate for %s: certificate request signature is invalid: %w", id, err)
 	}
 	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
-	if !ok || pub.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("sign certificate for %s: certificate request key is %s, want ECDSA P-256", id, csr.PublicKeyAlgorithm)
+	if !ok || pub.Curve != elliptic.P256() && pub.Curve != elliptic.P384() {
+		return nil, fmt.Errorf("sign certificate for %s: certificate request key is %s, want ECDSA P-256 or P-384", id, csr.PublicKeyAlgorithm)
 	}
 	inter, interKey := ca.signer()
 	leaf, err := ca.issue(inter, interKey, id, pub, ttl, nil, nil)

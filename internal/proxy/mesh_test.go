@@ -30,6 +30,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/controlplane"
 	"github.com/trellis-mesh/trellis/internal/proxy"
 	"github.com/trellis-mesh/trellis/internal/source/local"
+	"github.com/trellis-mesh/trellis/internal/spiffe"
 )
 
 const (
@@ -212,6 +213,7 @@ type sidecarSpec struct {
 	// tcpForwards bind local ports for TCP destinations; the bound addresses
 	// are in p.TCPForwards.
 	tcpForwards []proxy.TCPForward
+	keyType     spiffe.KeyType // empty: the default, ECDSA P-256
 }
 
 // sidecar is a running trellis-proxy.
@@ -294,6 +296,7 @@ func (m *mesh) startSidecar(reg controlplane.RegisterResponse, spec sidecarSpec)
 		AdminAddr:          "127.0.0.1:0",
 		AppAddr:            spec.app,
 		TCPForwards:        spec.tcpForwards,
+		KeyType:            spec.keyType,
 		DrainTimeout:       5 * time.Second,
 		FirstConfigTimeout: 5 * time.Second,
 		AccessLog:          s.access,

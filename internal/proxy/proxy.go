@@ -43,7 +43,9 @@ type Options struct {
 	// CredentialFile, when set, holds the credential and is read again at each
 	// renewal (a projected service-account token on Kubernetes).
 	CredentialFile string
-	WorkloadID     string // as registered
+	// KeyType of the key the sidecar makes for its certificate; default ECDSA P-256.
+	KeyType    spiffe.KeyType
+	WorkloadID string // as registered
 
 	// Listen addresses, host:port, or fd:N for a listening socket inherited as
 	// file descriptor N (how `trellis run` hands over sockets it bound itself,
@@ -80,6 +82,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.ControlPlane, "control-plane", "127.0.0.1:15128", "control plane gRPC `address`")
 	fs.StringVar(&o.CAFile, "ca-file", "", "PEM `file` of the roots that verify the control plane (required)")
 	fs.StringVar(&o.WorkloadID, "workload-id", "", "registered workload `id` (required)")
+	keyType := fs.String("key-type", string(spiffe.KeyP256), "the `type` of key made for the certificate: ecdsa-p256 or ecdsa-p384")
 	fs.StringVar(&o.CredentialFile, "token-file", "", "`file` holding the credential, read at each renewal (default: $"+TokenEnv+")")
 	fs.StringVar(&o.InboundAddr, "inbound", "127.0.0.1:15003", "inbound mTLS listen `address` (host:port, or fd:N for an inherited socket)")
 	fs.StringVar(&o.OutboundAddr, "outbound", "127.0.0.1:15001", "outbound (app's HTTP proxy) listen `address` (host:port or fd:N)")
@@ -104,6 +107,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	o.Credential = os.Getenv(TokenEnv)
+	kt, err := spiffe.ParseKeyType(*keyType)
+	if err != nil {
+		return fmt.Errorf("--key-type: %w", err)
+	}
+	o.KeyType = kt
 	var lvl slog.Level
 	o.LogLevel = new(slog.LevelVar)
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -208,6 +216,7 @@ func New(o Options) (*Proxy, error) {
 		Roots:          roots,
 		Credential:     o.Credential,
 		CredentialFile: o.CredentialFile,
+		KeyType:        o.KeyType,
 		WorkloadID:     o.WorkloadID,
 		Credentials:    creds,
 		Logger:         o.Logger,

@@ -11,10 +11,48 @@ import (
 
 // NewKey makes a new ECDSA P-256 private key. Workload keys are made where they
 // are used and never leave the process.
-func NewKey() (*ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+func NewKey() (*ecdsa.PrivateKey, error) { return NewKeyOf(KeyP256) }
+
+// KeyType names the kind of key a sidecar makes for its certificate.
+type KeyType string
+
+// Key types: ECDSA P-256 is the default; P-384 for who must.
+const (
+	KeyP256 KeyType = "ecdsa-p256"
+	KeyP384 KeyType = "ecdsa-p384"
+)
+
+// ParseKeyType reads a key type; empty means P-256.
+func ParseKeyType(s string) (KeyType, error) {
+	switch t := KeyType(s); t {
+	case "":
+		return KeyP256, nil
+	case KeyP256, KeyP384:
+		return t, nil
+	}
+	return "", fmt.Errorf("key type %q: use %s or %s", s, KeyP256, KeyP384)
+}
+
+// Curve returns the key type's curve, or nil for an unknown type.
+func (t KeyType) Curve() elliptic.Curve {
+	switch t {
+	case KeyP256, "":
+		return elliptic.P256()
+	case KeyP384:
+		return elliptic.P384()
+	}
+	return nil
+}
+
+// NewKeyOf makes a private key of type t.
+func NewKeyOf(t KeyType) (*ecdsa.PrivateKey, error) {
+	c := t.Curve()
+	if c == nil {
+		return nil, fmt.Errorf("generate key: unknown key type %q", t)
+	}
+	key, err := ecdsa.GenerateKey(c, rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("generate P-256 key: %w", err)
+		return nil, fmt.Errorf("generate %s key: %w", t, err)
 	}
 	return key, nil
 }

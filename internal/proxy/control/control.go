@@ -46,6 +46,8 @@ type Config struct {
 	Roots *x509.CertPool
 	// Credential proves the sidecar's identity: a join token or a service-account token.
 	Credential string
+	// KeyType of the key made for each certificate; default ECDSA P-256.
+	KeyType spiffe.KeyType
 	// CredentialFile, when set, is read before each certification instead of
 	// Credential: a projected service-account token, which the kubelet rotates.
 	CredentialFile string
@@ -134,7 +136,7 @@ func New(cfg Config) *Client {
 
 // Certify makes a new key, asks for a certificate and installs it.
 func (c *Client) Certify(ctx context.Context) error {
-	key, err := spiffe.NewKey()
+	key, err := spiffe.NewKeyOf(c.cfg.KeyType)
 	if err != nil {
 		return err
 	}
