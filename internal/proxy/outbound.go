@@ -194,6 +194,13 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	editHeaders(out.Header, ru.msg.GetRequestHeaders())
 	enableFullDuplex(w, r)
 	resp, err := tr.RoundTrip(out)
+	if err == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		// The deadline passed while the answer came: the transport may hand
+		// over what the peer said about the cancelled request (its sidecar
+		// losing the app) instead of the timeout it is.
+		resp.Body.Close()
+		err = ctx.Err()
+	}
 	if err != nil {
 		done(time.Since(picked), true)
 		return p.upstreamError(w, r, err, ep, route)
