@@ -543,9 +543,9 @@ func withAddress(r local.Registration, addr string) local.Registration {
 	return r
 }
 
-// startEcho runs a TCP server that echoes what it reads and closes its side
-// when the peer has finished sending.
-func startEcho(t *testing.T) string {
+// serveTCP runs a TCP server on loopback for the test's life, handling each
+// connection with handle (which need not close it), and returns its address.
+func serveTCP(t *testing.T, handle func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -560,11 +560,18 @@ func startEcho(t *testing.T) string {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// startEcho runs a TCP server that echoes what it reads and closes its side
+// when the peer has finished sending.
+func startEcho(t *testing.T) string {
+	t.Helper()
+	return serveTCP(t, func(c net.Conn) { io.Copy(c, c) })
 }
 
 // connect sends CONNECT authority through the sidecar's outbound listener, with

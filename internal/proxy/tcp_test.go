@@ -19,25 +19,10 @@ import (
 // answers with reply and closes.
 func startReplier(t *testing.T, reply []byte) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(io.Discard, c)
-				c.Write(reply)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return serveTCP(t, func(c net.Conn) {
+		io.Copy(io.Discard, c)
+		c.Write(reply)
+	})
 }
 
 // tcpCounter sums one trellis_tcp_* family over the series whose labels include want.
@@ -223,29 +208,15 @@ func TestTCPForwardServerFirst(t *testing.T) {
 	t.Parallel()
 	// A server-first protocol (MySQL, SMTP): the server greets before the
 	// client sends a byte, so nothing on the way may wait for the client.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, "220 ledger ready\n")
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	ledger := serveTCP(t, func(c net.Conn) {
+		io.WriteString(c, "220 ledger ready\n")
+		io.Copy(c, c)
+	})
 	m := newMesh(t, permissiveMesh)
 	m.sidecar(sidecarSpec{
 		reg: local.Registration{Name: "ledger-v1", Namespace: "bookstore", Account: "ledger",
 			Services: []model.ServiceMembership{{Service: "ledger", ServicePort: 3306, Protocol: model.ProtocolTCPServerFirst}}},
-		app: ln.Addr().String(), ready: true,
+		app: ledger, ready: true,
 	})
 	client := m.sidecar(sidecarSpec{reg: bookbuyerReg(), tcpForwards: []proxy.TCPForward{{Listen: "127.0.0.1:0", Authority: "ledger.bookstore:3306"}}})
 	eventually(t, 15*time.Second, func() error {
