@@ -212,13 +212,7 @@ func TestGRPCThroughTwoSidecars(t *testing.T) {
 
 	// The app dials its sidecar's outbound listener and names the service
 	// as the authority.
-	cc, err := grpc.NewClient("passthrough:///"+client.p.Outbound.String(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithAuthority("bookstore.bookstore:14001"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := grpcThrough(t, client, "bookstore.bookstore:14001")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	get := func(name string, opts ...grpc.CallOption) (*wrapperspb.StringValue, error) {
@@ -292,15 +286,9 @@ func TestGRPCThroughTwoSidecars(t *testing.T) {
 		}
 	})
 	t.Run("the sidecar's own refusal is a gRPC status", func(t *testing.T) {
-		nowhere, err := grpc.NewClient("passthrough:///"+client.p.Outbound.String(),
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithAuthority("nowhere.bookstore:14001"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer nowhere.Close()
+		nowhere := grpcThrough(t, client, "nowhere.bookstore:14001")
 		var trailer metadata.MD // a trailers-only answer: its headers are the trailer
-		err = nowhere.Invoke(ctx, "/trellis.test.Books/Get", wrapperspb.String("moby-dick"), new(wrapperspb.StringValue), grpc.Trailer(&trailer))
+		err := nowhere.Invoke(ctx, "/trellis.test.Books/Get", wrapperspb.String("moby-dick"), new(wrapperspb.StringValue), grpc.Trailer(&trailer))
 		st := status.Convert(err)
 		if st.Code() != codes.PermissionDenied || !strings.HasPrefix(st.Message(), "trellis: egress_denied: ") {
 			t.Errorf("call to an unknown service = %v; want PermissionDenied %q...", err, "trellis: egress_denied: ")
@@ -403,13 +391,7 @@ func TestGRPCCallsShareOneConnectionPerHop(t *testing.T) {
 	relay := startRelay(t, inbound)
 	m.sidecar(sidecarSpec{reg: withAddress(grpcReg("bookstore-v1"), relay.addr()), inbound: inbound, app: ln.Addr().String(), ready: true})
 	client := m.sidecar(sidecarSpec{reg: bookbuyerReg()})
-	cc, err := grpc.NewClient("passthrough:///"+client.p.Outbound.String(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithAuthority("bookstore.bookstore:14001"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := grpcThrough(t, client, "bookstore.bookstore:14001")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	get := func() error {
@@ -437,4 +419,19 @@ func TestGRPCCallsShareOneConnectionPerHop(t *testing.T) {
 	if peerBefore != 1 || appBefore != 1 {
 		t.Errorf("connections after the first call: %d between the sidecars, %d to the app; want 1 each", peerBefore, appBefore)
 	}
+}
+
+// grpcThrough is an app's gRPC client that dials its sidecar's outbound
+// listener and names authority (the service it calls) as the :authority;
+// closed at cleanup.
+func grpcThrough(t *testing.T, s *sidecar, authority string) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient("passthrough:///"+s.p.Outbound.String(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithAuthority(authority))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
 }
