@@ -179,10 +179,7 @@ func TestHTTP1ChunkedBodiesStream(t *testing.T) {
 		w.Header().Set("X-Checksum", fmt.Sprint(len(line)+len(rest)))
 	}))
 	t.Cleanup(srv.Close)
-	m := newMesh(t, permissiveMesh)
-	m.sidecar(sidecarSpec{reg: bookstoreReg("bookstore-v1", "bookstore"), app: srv.Listener.Addr().String(), ready: true})
-	client := m.sidecar(sidecarSpec{reg: bookbuyerReg()})
-	client.getUntil(t, bookstoreURL+"/", statusIs(http.StatusOK))
+	_, client := bookstoreBehind(t, srv.Listener.Addr().String())
 
 	pr, pw := io.Pipe()
 	t.Cleanup(func() { pw.Close() })
@@ -266,10 +263,7 @@ func TestHTTP1ExpectContinueIsTheApps(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { openGate.Do(func() { close(gate) }) }) // before srv.Close waits for the handler
-	m := newMesh(t, permissiveMesh)
-	m.sidecar(sidecarSpec{reg: bookstoreReg("bookstore-v1", "bookstore"), app: srv.Listener.Addr().String(), ready: true})
-	client := m.sidecar(sidecarSpec{reg: bookbuyerReg()})
-	client.getUntil(t, bookstoreURL+"/", statusIs(http.StatusOK))
+	_, client := bookstoreBehind(t, srv.Listener.Addr().String())
 
 	const body = "twelve bytes"
 	send := func(t *testing.T, path string) (net.Conn, *bufio.Reader) {
@@ -372,10 +366,7 @@ func TestWebSocketThroughTwoSidecars(t *testing.T) {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	m := newMesh(t, permissiveMesh)
-	server := m.sidecar(sidecarSpec{reg: bookstoreReg("bookstore-v1", "bookstore"), app: srv.Listener.Addr().String(), ready: true})
-	client := m.sidecar(sidecarSpec{reg: bookbuyerReg()})
-	client.getUntil(t, bookstoreURL+"/", statusIs(http.StatusOK))
+	server, client := bookstoreBehind(t, srv.Listener.Addr().String())
 
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -461,10 +452,7 @@ func TestHTTP1FullDuplexThroughTwoSidecars(t *testing.T) {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	m := newMesh(t, permissiveMesh)
-	m.sidecar(sidecarSpec{reg: bookstoreReg("bookstore-v1", "bookstore"), app: srv.Listener.Addr().String(), ready: true})
-	client := m.sidecar(sidecarSpec{reg: bookbuyerReg()})
-	client.getUntil(t, bookstoreURL+"/", statusIs(http.StatusOK))
+	_, client := bookstoreBehind(t, srv.Listener.Addr().String())
 
 	pr, pw := io.Pipe()
 	t.Cleanup(func() { pw.Close() })
@@ -530,10 +518,7 @@ func TestDrainWaitsForThenClosesSwitchedConnections(t *testing.T) {
 		}
 	}))
 	t.Cleanup(srv.Close)
-	m := newMesh(t, permissiveMesh)
-	m.sidecar(sidecarSpec{reg: bookstoreReg("bookstore-v1", "bookstore"), app: srv.Listener.Addr().String(), ready: true})
-	client := m.sidecar(sidecarSpec{reg: bookbuyerReg()})
-	client.getUntil(t, bookstoreURL+"/", statusIs(http.StatusOK))
+	_, client := bookstoreBehind(t, srv.Listener.Addr().String())
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -576,4 +561,16 @@ func TestDrainWaitsForThenClosesSwitchedConnections(t *testing.T) {
 	if _, _, err := c.Read(rctx); err == nil || rctx.Err() != nil {
 		t.Errorf("after Run returned, reading the connection = %v (deadline passed: %v); want it closed by the sidecar", err, rctx.Err() != nil)
 	}
+}
+
+// bookstoreBehind runs a permissive mesh with bookstore-v1's sidecar in front
+// of the app at addr and a bookbuyer sidecar, and returns both once the
+// bookbuyer is served.
+func bookstoreBehind(t *testing.T, addr string) (server, client *sidecar) {
+	t.Helper()
+	m := newMesh(t, permissiveMesh)
+	server = m.sidecar(sidecarSpec{reg: bookstoreReg("bookstore-v1", "bookstore"), app: addr, ready: true})
+	client = m.sidecar(sidecarSpec{reg: bookbuyerReg()})
+	client.getUntil(t, bookstoreURL+"/", statusIs(http.StatusOK))
+	return server, client
 }
