@@ -155,10 +155,8 @@ func Run(ctx context.Context, o Options) error {
 // on addr.
 func listenGRPC(addr string, ca *identity.CA, srv *serve.Server, trustDomain string, dnsNames []string, ips []net.IP) (*grpc.Server, net.Listener, error) {
 	cpID := spiffe.ID{TrustDomain: trustDomain, Namespace: identityNS, Account: "trellis-control-plane"}
-	serving := &servingCert{issue: func() (tls.Certificate, error) {
-		return ca.ServingCert(cpID, dnsNames, ips)
-	}, version: ca.TrustVersion}
-	if _, err := serving.get(time.Now()); err != nil {
+	serving, err := newServingCert(ca, cpID, dnsNames, ips)
+	if err != nil {
 		return nil, nil, err
 	}
 	roots := &trustedRoots{ca: ca}
@@ -203,6 +201,17 @@ func listenGRPC(addr string, ca *identity.CA, srv *serve.Server, trustDomain str
 		return nil, nil, fmt.Errorf("gRPC listener: %w", err)
 	}
 	return g, gl, nil
+}
+
+// newServingCert issues a serving certificate for id with the given names and
+// keeps it fresh: renewed at two thirds of its life and when the CA's trust
+// version changes.
+func newServingCert(ca *identity.CA, id spiffe.ID, dnsNames []string, ips []net.IP) (*servingCert, error) {
+	s := &servingCert{issue: func() (tls.Certificate, error) { return ca.ServingCert(id, dnsNames, ips) }, version: ca.TrustVersion}
+	if _, err := s.get(time.Now()); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 func loadOrCreateToken(path string) (string, error) {

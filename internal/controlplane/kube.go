@@ -144,10 +144,11 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 			hl.Close()
 			return fmt.Errorf("webhook listener: %w", err)
 		}
-		cert := &servingCert{issue: func() (tls.Certificate, error) {
-			return ca.ServingCert(spiffe.ID{TrustDomain: model.DefaultTrustDomain, Namespace: o.Namespace, Account: "trellis-control-plane"}, names, ips)
-		}}
-		if _, err := cert.get(time.Now()); err != nil {
+		cert, err := newServingCert(ca, spiffe.ID{TrustDomain: model.DefaultTrustDomain, Namespace: o.Namespace, Account: "trellis-control-plane"}, names, ips)
+		if err != nil {
+			gl.Close()
+			hl.Close()
+			wl.Close()
 			return err
 		}
 		wmux := http.NewServeMux()
