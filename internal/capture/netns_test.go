@@ -1,0 +1,205 @@
+//go:build linux
+
+package capture
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// ip runs iproute2, failing the test on error.
+func ip(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// pair makes two network namespaces joined by a veth pair: the workload
+// ("w", 198.19.77.2) and a peer ("p", 198.19.77.3). It returns their paths.
+func pair(t *testing.T) (w, p string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2's ip")
+	}
+	tag := fmt.Sprintf("tcap%d", os.Getpid()%100000)
+	wn, pn := tag+"w", tag+"p"
+	ip(t, "netns", "add", wn)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", wn).Run() })
+	ip(t, "netns", "add", pn)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", pn).Run() })
+	ip(t, "link", "add", tag+"a", "netns", wn, "type", "veth", "peer", "name", tag+"b", "netns", pn)
+	for _, c := range [][]string{
+		{"-n", wn, "link", "set", "lo", "up"},
+		{"-n", pn, "link", "set", "lo", "up"},
+		{"-n", wn, "addr", "add", "198.19.77.2/24", "dev", tag + "a"},
+		{"-n", pn, "addr", "add", "198.19.77.3/24", "dev", tag + "b"},
+		{"-n", wn, "link", "set", tag + "a", "up"},
+		{"-n", pn, "link", "set", tag + "b", "up"},
+		// a route for virtual service addresses, as a mesh gives them
+		{"-n", wn, "route", "add", "198.18.0.0/16", "via", "198.19.77.3"},
+	} {
+		ip(t, c...)
+	}
+	return filepath.Join("/run/netns", wn), filepath.Join("/run/netns", pn)
+}
+
+// listenIn opens a TCP listener inside a namespace and records, for each
+// connection, its original destination and the first line it was sent.
+func listenIn(t *testing.T, ns, addr string) (<-chan string, net.Addr) {
+	t.Helper()
+	var ln net.Listener
+	if err := InNamespace(ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	got := make(chan string, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				od, err := OriginalDst(c)
+				b := make([]byte, 64)
+				n, _ := c.Read(b)
+				got <- fmt.Sprintf("%v %v %s", od, err, strings.TrimSpace(string(b[:n])))
+				io.WriteString(c, "ok\n")
+			}()
+		}
+	}()
+	return got, ln.Addr()
+}
+
+// dialIn connects from inside a namespace and sends msg.
+func dialIn(t *testing.T, ns, addr, msg string, d *net.Dialer) error {
+	t.Helper()
+	var c net.Conn
+	err := InNamespace(ns, func() (err error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		c, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	io.WriteString(c, msg+"\n")
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, err = io.ReadAll(c)
+	return err
+}
+
+func expect(t *testing.T, ch <-chan string, want, what string) {
+	t.Helper()
+	select {
+	case got := <-ch:
+		if got != want {
+			t.Errorf("%s: got %q, want %q", what, got, want)
+		}
+	case <-time.After(3 * time.Second):
+		t.Errorf("%s: nothing arrived, want %q", what, want)
+	}
+}
+
+func TestCaptureInNamespace(t *testing.T) {
+	w, p := pair(t)
+	f, err := os.Open(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const mark = 0x7e11
+	rules := Rules{
+		OutboundPort: DefaultOutboundPort, InboundPort: DefaultInboundPort, ProxyMark: mark,
+		ExcludeOutboundPorts: []int{5432},
+		ExcludeOutboundCIDRs: []netip.Prefix{netip.MustParsePrefix("198.19.77.3/32")},
+		ExcludeInboundPorts:  []int{15003, 15000},
+	}
+	// The CIDR exclusion covers the peer, so the first checks use the port.
+	rules.ExcludeOutboundCIDRs = nil
+	if err := Apply(int(f.Fd()), rules); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := Programmed(int(f.Fd())); err != nil || !ok {
+		t.Fatalf("Programmed = %v, %v after Apply", ok, err)
+	}
+	// Applying again replaces the table rather than adding a second set.
+	if err := Apply(int(f.Fd()), rules); err != nil {
+		t.Fatalf("second Apply: %v", err)
+	}
+
+	captured, _ := listenIn(t, w, fmt.Sprintf("127.0.0.1:%d", DefaultOutboundPort))
+	inbound, _ := listenIn(t, w, fmt.Sprintf("0.0.0.0:%d", DefaultInboundPort))
+	mtls, _ := listenIn(t, w, "0.0.0.0:15003")
+	peer80, _ := listenIn(t, p, "198.19.77.3:80")
+	peer5432, _ := listenIn(t, p, "198.19.77.3:5432")
+
+	plain := &net.Dialer{}
+	marked := &net.Dialer{Control: MarkDialer(mark)}
+
+	if err := dialIn(t, w, "198.18.0.9:8080", "to-vip", plain); err != nil {
+		t.Fatalf("dial a virtual address: %v", err)
+	}
+	expect(t, captured, "198.18.0.9:8080 <nil> to-vip", "app to a virtual address")
+
+	if err := dialIn(t, w, "198.19.77.3:80", "to-peer", plain); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, captured, "198.19.77.3:80 <nil> to-peer", "app to the peer's address")
+
+	if err := dialIn(t, w, "198.19.77.3:80", "marked", marked); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, peer80, "198.19.77.3:80 <nil> marked", "the sidecar's own (marked) dial")
+
+	if err := dialIn(t, w, "198.19.77.3:5432", "excluded-port", plain); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, peer5432, "198.19.77.3:5432 <nil> excluded-port", "excluded outbound port")
+
+	if err := dialIn(t, p, "198.19.77.2:8080", "to-app", plain); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, inbound, "198.19.77.2:8080 <nil> to-app", "inbound to an app port")
+
+	if err := dialIn(t, p, "198.19.77.2:15003", "to-sidecar", plain); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, mtls, "198.19.77.2:15003 <nil> to-sidecar", "inbound to the sidecar's excluded port")
+
+	// A CIDR exclusion lets the app reach the peer directly.
+	rules.ExcludeOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("198.19.77.0/24")}
+	if err := Apply(int(f.Fd()), rules); err != nil {
+		t.Fatal(err)
+	}
+	if err := dialIn(t, w, "198.19.77.3:80", "excluded-cidr", plain); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, peer80, "198.19.77.3:80 <nil> excluded-cidr", "excluded outbound CIDR")
+
+	if err := Remove(int(f.Fd())); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := Programmed(int(f.Fd())); err != nil || ok {
+		t.Fatalf("Programmed = %v, %v after Remove", ok, err)
+	}
+	if err := Remove(int(f.Fd())); err != nil {
+		t.Fatalf("Remove with no table: %v", err)
+	}
+}
