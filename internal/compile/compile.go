@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -31,14 +32,20 @@ const (
 // clusterSuffix is stripped from fully qualified service names.
 const clusterSuffix = ".svc.cluster.local"
 
-// Target is a resolved destination: a service and a port.
+// Target is a resolved destination: a service and a port, or a virtual
+// address and a port (what a transparently captured connection was going
+// to), which each snapshot resolves to the service that holds the address.
 type Target struct {
 	Service model.Key
+	Addr    netip.Addr // set instead of Service for an address
 	Port    int
 }
 
-// String is the canonical authority, "name.namespace:port".
+// String is the canonical authority, "name.namespace:port", or "ip:port".
 func (t Target) String() string {
+	if t.Addr.IsValid() {
+		return netip.AddrPortFrom(t.Addr, uint16(t.Port)).String()
+	}
 	return t.Service.Name + "." + t.Service.Namespace + ":" + strconv.Itoa(t.Port)
 }
 
@@ -53,6 +60,9 @@ func ParseAuthority(authority, callerNamespace string) (Target, error) {
 	port, err := strconv.Atoi(portStr)
 	if err != nil || port < 1 || port > 65535 {
 		return Target{}, fmt.Errorf("authority %q: port %q is not a number from 1 to 65535", authority, portStr)
+	}
+	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return Target{Addr: a.Unmap(), Port: port}, nil
 	}
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	host = strings.TrimSuffix(host, clusterSuffix)
@@ -71,6 +81,14 @@ func ParseAuthority(authority, callerNamespace string) (Target, error) {
 // asks, so callers compile once per snapshot and share it.
 func Destination(s *model.Snapshot, t Target) *proxyv1.DestinationConfig {
 	dc := &proxyv1.DestinationConfig{Authority: t.String(), Port: int32(t.Port)}
+	if t.Addr.IsValid() {
+		svc, ok := s.ServiceAt(t.Addr)
+		if !ok {
+			dc.Reason = fmt.Sprintf("no service in the mesh has address %s", t.Addr)
+			return seal(dc)
+		}
+		t = Target{Service: svc.Key, Port: t.Port} // the authority stays the address
+	}
 	svc, ok := s.Service(t.Service)
 	if !ok {
 		dc.Reason = fmt.Sprintf("no service %s.%s in the mesh", t.Service.Name, t.Service.Namespace)

@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"net/netip"
 	"flag"
 	"os"
 	"path/filepath"
@@ -162,15 +163,17 @@ func TestParseAuthority(t *testing.T) {
 		want       Target
 		wantErr    bool
 	}{
-		{"bookstore.bookstore:14001", "x", Target{model.Key{Namespace: "bookstore", Name: "bookstore"}, 14001}, false},
-		{"bookstore.bookstore.svc.cluster.local:14001", "x", Target{model.Key{Namespace: "bookstore", Name: "bookstore"}, 14001}, false},
-		{"bookstore.bookstore.svc:14001", "x", Target{model.Key{Namespace: "bookstore", Name: "bookstore"}, 14001}, false},
-		{"Bookstore:14001", "shop", Target{model.Key{Namespace: "shop", Name: "bookstore"}, 14001}, false},
-		{"bookstore.bookstore", "x", Target{model.Key{Namespace: "bookstore", Name: "bookstore"}, 80}, false},
+		{"bookstore.bookstore:14001", "x", Target{Service: model.Key{Namespace: "bookstore", Name: "bookstore"}, Port: 14001}, false},
+		{"bookstore.bookstore.svc.cluster.local:14001", "x", Target{Service: model.Key{Namespace: "bookstore", Name: "bookstore"}, Port: 14001}, false},
+		{"bookstore.bookstore.svc:14001", "x", Target{Service: model.Key{Namespace: "bookstore", Name: "bookstore"}, Port: 14001}, false},
+		{"Bookstore:14001", "shop", Target{Service: model.Key{Namespace: "shop", Name: "bookstore"}, Port: 14001}, false},
+		{"bookstore.bookstore", "x", Target{Service: model.Key{Namespace: "bookstore", Name: "bookstore"}, Port: 80}, false},
 		{"bookstore.bookstore:0", "x", Target{}, true},
 		{"bookstore.bookstore:http", "x", Target{}, true},
 		{"a.b.c:80", "x", Target{}, true},
 		{":80", "x", Target{}, true},
+		{"198.18.4.7:14001", "x", Target{Addr: netip.MustParseAddr("198.18.4.7"), Port: 14001}, false},
+		{"[::ffff:198.18.4.7]:14001", "x", Target{Addr: netip.MustParseAddr("198.18.4.7"), Port: 14001}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -195,5 +198,62 @@ func TestInboundLogLevel(t *testing.T) {
 	}
 	if ic.GetLogLevel() != "debug" {
 		t.Errorf("inbound log level = %q, want debug", ic.GetLogLevel())
+	}
+}
+
+// TestDestinationByAddress resolves a captured connection's original
+// destination, an assigned virtual address, to the service that holds it, and
+// reports an address no service holds.
+func TestDestinationByAddress(t *testing.T) {
+	snap := model.Build(model.Inputs{
+		VirtualAddresses: netip.MustParsePrefix("198.18.0.0/15"),
+		Services: []model.Service{
+			{Key: model.Key{Namespace: "db", Name: "mysql"}, Ports: []model.ServicePort{{Port: 3306, Protocol: model.ProtocolTCPServerFirst}},
+				Addresses: []netip.Addr{netip.MustParseAddr("10.96.0.10")}},
+		},
+		Workloads: []model.Workload{{ID: "bookstore/v1", Name: "v1", Identity: model.Identity{Namespace: "bookstore", Account: "bookstore"},
+			Services: []model.ServiceMembership{{Service: "bookstore", ServicePort: 14001}}, Address: "127.0.0.1:1", Ready: true}},
+	})
+	if p := snap.Problems(); len(p) > 0 {
+		t.Fatalf("problems: %v", p)
+	}
+	store, ok := snap.Service(model.Key{Namespace: "bookstore", Name: "bookstore"})
+	if !ok || len(store.Addresses) != 1 || !netip.MustParsePrefix("198.18.0.0/15").Contains(store.Addresses[0]) {
+		t.Fatalf("bookstore was given no address from the pool: %+v", store)
+	}
+	for _, tt := range []struct {
+		authority, service, reason string
+	}{
+		{netip.AddrPortFrom(store.Addresses[0], 14001).String(), "bookstore.bookstore", ""},
+		{"10.96.0.10:3306", "mysql.db", ""},
+		{"10.96.0.11:3306", "", "no service in the mesh has address 10.96.0.11"},
+	} {
+		tg, err := ParseAuthority(tt.authority, "bookbuyer")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dc := Destination(snap, tg)
+		if dc.GetAuthority() != tt.authority || dc.GetService() != tt.service || dc.GetReason() != tt.reason || dc.GetFound() != (tt.reason == "") {
+			t.Errorf("%s: authority %q service %q found %v reason %q", tt.authority, dc.GetAuthority(), dc.GetService(), dc.GetFound(), dc.GetReason())
+		}
+	}
+	// A service keeps its address as others join.
+	more := model.Build(model.Inputs{
+		VirtualAddresses: netip.MustParsePrefix("198.18.0.0/15"),
+		Services: []model.Service{
+			{Key: model.Key{Namespace: "bookstore", Name: "aaa"}, Ports: []model.ServicePort{{Port: 80}}},
+			{Key: model.Key{Namespace: "bookstore", Name: "bookstore"}, Ports: []model.ServicePort{{Port: 14001}}},
+		},
+	})
+	if again, _ := more.Service(store.Key); again == nil || again.Addresses[0] != store.Addresses[0] {
+		t.Errorf("bookstore's address moved from %v to %+v", store.Addresses, again)
+	}
+	// Two services claiming one address: neither gets it, both are told.
+	clash := model.Build(model.Inputs{Services: []model.Service{
+		{Key: model.Key{Namespace: "a", Name: "x"}, Ports: []model.ServicePort{{Port: 80}}, Addresses: []netip.Addr{netip.MustParseAddr("10.0.0.1")}},
+		{Key: model.Key{Namespace: "b", Name: "y"}, Ports: []model.ServicePort{{Port: 80}}, Addresses: []netip.Addr{netip.MustParseAddr("10.0.0.1")}},
+	}})
+	if _, ok := clash.ServiceAt(netip.MustParseAddr("10.0.0.1")); ok || len(clash.Problems()) != 2 {
+		t.Errorf("clashing addresses: ServiceAt found %v, problems %v", ok, clash.Problems())
 	}
 }

@@ -7,6 +7,7 @@ package model
 
 import (
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -70,6 +71,10 @@ type ServicePort struct {
 type Service struct {
 	Key   Key           `json:"key"`
 	Ports []ServicePort `json:"ports"`
+	// Addresses are the service's virtual IPs (a Kubernetes ClusterIP, or
+	// one the local control plane assigns): an app that connects to one
+	// under transparent capture reaches the service.
+	Addresses []netip.Addr `json:"addresses,omitempty"`
 }
 
 // Port returns the service port numbered p, if the service has it.

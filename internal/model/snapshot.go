@@ -5,8 +5,16 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"slices"
 	"sort"
 )
+
+// LocalVirtualAddresses is the range local mode assigns service addresses
+// from: 198.18.0.0/15, set aside for benchmarking networks (RFC 2544) and
+// never routed on the internet.
+var LocalVirtualAddresses = netip.MustParsePrefix("198.18.0.0/15")
 
 // Inputs is everything a snapshot is built from. Sources fill it; Build validates
 // it and freezes it.
@@ -19,6 +27,9 @@ type Inputs struct {
 	RouteGroups []HTTPRouteGroup
 	TCPRoutes   []TCPRoute
 	Routes      []Route // Gateway API HTTPRoute and GRPCRoute
+	// VirtualAddresses, when valid, is the range from which services without
+	// an address get one (local mode); see assignAddresses.
+	VirtualAddresses netip.Prefix
 }
 
 // Snapshot is an immutable, validated view of the mesh. Its accessors return
@@ -35,6 +46,7 @@ type Snapshot struct {
 	tcpRoutes   map[Key]*TCPRoute
 	routes      []*Route         // in precedence order: oldest, then namespace/name
 	routesFor   map[Key][]*Route // by parent service
+	byAddress   map[netip.Addr]*Service
 	problems    []Problem
 }
 
@@ -70,14 +82,14 @@ func Build(in Inputs) *Snapshot {
 	}
 	for i := range in.Services {
 		svc := in.Services[i]
-		s.addService(svc.Key, svc.Ports...)
+		s.addService(svc.Key, svc.Addresses, svc.Ports...)
 	}
 	for i := range in.Workloads {
 		w := in.Workloads[i]
 		w.Services = append([]ServiceMembership(nil), w.Services...)
 		sort.Slice(w.Services, func(a, b int) bool { return w.Services[a].Service < w.Services[b].Service })
 		for _, m := range w.Services {
-			s.addService(Key{w.Identity.Namespace, m.Service}, ServicePort{Port: m.ServicePort, Protocol: m.Protocol})
+			s.addService(Key{w.Identity.Namespace, m.Service}, nil, ServicePort{Port: m.ServicePort, Protocol: m.Protocol})
 		}
 		s.workloads = append(s.workloads, &w)
 	}
@@ -92,6 +104,8 @@ func Build(in Inputs) *Snapshot {
 			s.members[k] = append(s.members[k], w)
 		}
 	}
+
+	s.indexAddresses(in.VirtualAddresses)
 
 	for i := range in.RouteGroups {
 		g := in.RouteGroups[i]
@@ -128,11 +142,14 @@ func (s *Snapshot) warn(obj, field, format string, args ...any) {
 	s.problems = append(s.problems, Problem{Object: obj, Field: field, Message: fmt.Sprintf(format, args...), Warning: true})
 }
 
-func (s *Snapshot) addService(k Key, ports ...ServicePort) {
+func (s *Snapshot) addService(k Key, addrs []netip.Addr, ports ...ServicePort) {
 	svc := s.services[k]
 	if svc == nil {
 		svc = &Service{Key: k}
 		s.services[k] = svc
+	}
+	if len(addrs) > 0 {
+		svc.Addresses = append(svc.Addresses, addrs...)
 	}
 	for _, p := range ports {
 		if p.Protocol == "" {
@@ -245,6 +262,76 @@ func (s *Snapshot) Mesh() MeshSettings { return s.mesh }
 func (s *Snapshot) Service(k Key) (*Service, bool) {
 	v, ok := s.services[k]
 	return v, ok
+}
+
+// ServiceAt returns the service whose virtual address is a.
+func (s *Snapshot) ServiceAt(a netip.Addr) (*Service, bool) {
+	v, ok := s.byAddress[a.Unmap()]
+	return v, ok
+}
+
+// indexAddresses gives services without an address one from pool (when
+// valid), then indexes every address. An address two services claim goes to
+// neither, with a problem on each.
+//
+// An assigned address is a hash of the service's key, probed forward past
+// taken ones, in key order: a service keeps its address as others come and
+// go unless two keys hash to the same address, which is rare in a /15.
+func (s *Snapshot) indexAddresses(pool netip.Prefix) {
+	s.byAddress = map[netip.Addr]*Service{}
+	claimed := map[netip.Addr][]*Service{}
+	keys := make([]Key, 0, len(s.services))
+	for k, svc := range s.services {
+		keys = append(keys, k)
+		sort.Slice(svc.Addresses, func(a, b int) bool { return svc.Addresses[a].Less(svc.Addresses[b]) })
+		svc.Addresses = slices.Compact(svc.Addresses)
+		for _, a := range svc.Addresses {
+			claimed[a] = append(claimed[a], svc)
+		}
+	}
+	sort.Slice(keys, func(a, b int) bool { return keys[a].String() < keys[b].String() })
+	if pool.IsValid() && pool.Addr().Is4() && pool.Bits() <= 30 {
+		pool = pool.Masked()
+		size := uint32(1) << (32 - pool.Bits())
+		base := pool.Addr().As4()
+		b := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+		for _, k := range keys {
+			svc := s.services[k]
+			if len(svc.Addresses) > 0 {
+				continue
+			}
+			h := fnv.New32a()
+			h.Write([]byte(k.String()))
+			off := h.Sum32() % size
+			for range size {
+				if off != 0 && off != size-1 { // not the network or broadcast address
+					v := b + off
+					a := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+					if len(claimed[a]) == 0 {
+						svc.Addresses = []netip.Addr{a}
+						claimed[a] = []*Service{svc}
+						break
+					}
+				}
+				off = (off + 1) % size
+			}
+		}
+	}
+	addrs := make([]netip.Addr, 0, len(claimed))
+	for a := range claimed {
+		addrs = append(addrs, a)
+	}
+	sort.Slice(addrs, func(i, j int) bool { return addrs[i].Less(addrs[j]) })
+	for _, a := range addrs {
+		svcs := claimed[a]
+		if len(svcs) == 1 {
+			s.byAddress[a] = svcs[0]
+			continue
+		}
+		for _, svc := range svcs {
+			s.problem("Service "+svc.Key.String(), "addresses", "address %s is claimed by %d services; none is reached by it: give each service its own address", a, len(svcs))
+		}
+	}
 }
 
 // Services returns every service, sorted by key.

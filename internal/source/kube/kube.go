@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -337,6 +338,11 @@ func (s *Source) inputs() (model.Inputs, []model.Problem) {
 		k := model.Key{Namespace: svc.Namespace, Name: svc.Name}
 		svcs[k] = svc
 		ms := model.Service{Key: k}
+		for _, ip := range svc.Spec.ClusterIPs {
+			if a, err := netip.ParseAddr(ip); err == nil { // "None" for a headless service
+				ms.Addresses = append(ms.Addresses, a)
+			}
+		}
 		for _, p := range svc.Spec.Ports {
 			if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
 				continue // the mesh carries TCP; UDP and SCTP pass by

@@ -457,12 +457,15 @@ func (s *Store) Grace() time.Duration { return s.opts.Grace }
 
 func (s *Store) inputsLocked(objs translate.Objects) model.Inputs {
 	in := model.Inputs{
-		Mesh:        objs.Mesh,
-		Splits:      objs.Splits,
-		Targets:     objs.Targets,
-		RouteGroups: objs.RouteGroups,
-		TCPRoutes:   objs.TCPRoutes,
-		Routes:      objs.Routes,
+		// Services get virtual addresses, which workloads under transparent
+		// capture (trellis run --isolation netns) resolve their names to.
+		VirtualAddresses: model.LocalVirtualAddresses,
+		Mesh:             objs.Mesh,
+		Splits:           objs.Splits,
+		Targets:          objs.Targets,
+		RouteGroups:      objs.RouteGroups,
+		TCPRoutes:        objs.TCPRoutes,
+		Routes:           objs.Routes,
 	}
 	inGrace := s.opts.Now().Sub(s.started) < s.opts.Grace
 	for _, r := range s.workloads {
