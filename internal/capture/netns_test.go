@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/capture/sock"
 )
 
 // ip runs iproute2, failing the test on error.
@@ -74,7 +76,7 @@ func listenIn(t *testing.T, ns, addr string) (<-chan string, net.Addr) {
 			}
 			go func() {
 				defer c.Close()
-				od, err := OriginalDst(c)
+				od, err := sock.OriginalDst(c)
 				b := make([]byte, 64)
 				n, _ := c.Read(b)
 				got <- fmt.Sprintf("%v %v %s", od, err, strings.TrimSpace(string(b[:n])))
@@ -151,7 +153,7 @@ func TestCaptureInNamespace(t *testing.T) {
 	peer5432, _ := listenIn(t, p, "198.19.77.3:5432")
 
 	plain := &net.Dialer{}
-	marked := &net.Dialer{Control: MarkDialer(mark)}
+	marked := &net.Dialer{Control: sock.MarkDialer(mark)}
 
 	if err := dialIn(t, w, "198.18.0.9:8080", "to-vip", plain); err != nil {
 		t.Fatalf("dial a virtual address: %v", err)
