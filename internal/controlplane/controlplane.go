@@ -38,18 +38,25 @@ import (
 
 // Files in the state directory.
 const (
-	InfoFile   = "control-plane.json" // where the control plane listens
-	TokenFile  = "admin-token"        // bearer token of the admin API, mode 0600
-	CAFile     = "ca.pem"             // roots that verify the control plane and sidecars
-	caDir      = "ca"
+	InfoFile  = "control-plane.json" // where the control plane listens
+	TokenFile = "admin-token"        // bearer token of the admin API, mode 0600
+	CAFile    = "ca.pem"             // roots that verify the control plane and sidecars
+	caDir     = "ca"
+	// SocketFile is the gRPC Unix socket in the state directory.
+	SocketFile = "grpc.sock"
 	identityNS = "trellis-system"
 )
 
 // Info is what control-plane.json holds.
 type Info struct {
-	GRPC  string `json:"grpc"`
-	Admin string `json:"admin"`
-	PID   int    `json:"pid"`
+	GRPC string `json:"grpc"`
+	// GRPCSocket is the same gRPC service on a Unix socket in the state
+	// directory, "unix:PATH", which sidecars in network namespaces of their
+	// own reach (trellis run --isolation netns); empty when it could not be
+	// made.
+	GRPCSocket string `json:"grpcSocket,omitempty"`
+	Admin      string `json:"admin"`
+	PID        int    `json:"pid"`
 }
 
 // Options configure a control plane.
@@ -113,6 +120,15 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 	info := Info{GRPC: gl.Addr().String(), Admin: al.Addr().String(), PID: os.Getpid()}
+	sockPath := filepath.Join(o.StateDir, SocketFile)
+	os.Remove(sockPath) // left by a control plane that did not stop cleanly
+	if ul, err := net.Listen("unix", sockPath); err != nil {
+		log.Warn("no gRPC Unix socket: sidecars in network namespaces of their own cannot connect", "path", sockPath, "err", err)
+	} else {
+		info.GRPCSocket = "unix:" + sockPath
+		defer os.Remove(sockPath)
+		go g.Serve(ul)
+	}
 	b, _ := json.MarshalIndent(info, "", "  ")
 	if err := local.WriteFileAtomic(filepath.Join(o.StateDir, InfoFile), b, 0o644); err != nil {
 		return err

@@ -87,6 +87,12 @@ func (p *Proxy) serveOutbound(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.Entry, l *telemetry.Labels) (status int, reason string, sent int64, route string) {
 	authority := r.Host
 	h2 := r.ProtoMajor == 2
+	// Under transparent capture the connection's original destination names
+	// the service; the request is in origin form, and keeps its Host.
+	capt, captured := capturedDst(r.Context())
+	if captured && !h2 && r.Method != http.MethodConnect {
+		r.URL.Scheme, r.URL.Host = "http", capt
+	}
 	switch {
 	case h2 && r.Method == http.MethodConnect:
 		refuseRequest(w, r, http.StatusBadRequest, ReasonBadRequest, "CONNECT over HTTP/2 is not supported: send it over HTTP/1.1")
@@ -104,6 +110,9 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 			return http.StatusBadRequest, ReasonBadRequest, 0, ""
 		}
 		authority = r.URL.Host
+	}
+	if captured {
+		authority = capt
 	}
 	authority = hostPort(authority, "80")
 	e.Authority, e.Path = authority, r.URL.Path
@@ -286,7 +295,7 @@ const expectContinueTimeout = time.Second
 // dialPeer opens an mTLS connection to a peer sidecar and checks that it presents
 // the identity discovery promised.
 func (p *Proxy) dialPeer(ctx context.Context, ep *proxyv1.Endpoint, to *proxyv1.Timeouts, alpn string) (*tls.Conn, error) {
-	d := net.Dialer{Timeout: to.GetConnect().AsDuration(), KeepAlive: 30 * time.Second}
+	d := net.Dialer{Timeout: to.GetConnect().AsDuration(), KeepAlive: 30 * time.Second, Control: p.dialControl}
 	c, err := d.DialContext(ctx, "tcp", ep.GetAddress())
 	if err != nil {
 		return nil, err
@@ -316,7 +325,7 @@ func (p *Proxy) tunnel(w http.ResponseWriter, ep *proxyv1.Endpoint, to *proxyv1.
 // egress forwards a request for a destination outside the mesh, as is.
 func (p *Proxy) egress(w http.ResponseWriter, r *http.Request, authority string) (int, string, int64, string) {
 	if r.Method == http.MethodConnect {
-		up, err := net.DialTimeout("tcp", authority, 5*time.Second)
+		up, err := (&net.Dialer{Timeout: 5 * time.Second, Control: p.dialControl}).Dial("tcp", authority)
 		if err != nil {
 			refuseRequest(w, r, http.StatusBadGateway, ReasonUpstreamUnreachable, err.Error())
 			return http.StatusBadGateway, ReasonUpstreamUnreachable, 0, ""

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	proxyv1 "github.com/trellis-mesh/trellis/api/proxy/v1"
@@ -58,6 +59,16 @@ type Options struct {
 	// destination; none by default.
 	TCPForwards []TCPForward
 
+	// Transparent capture (see package capture): the listeners that
+	// redirected connections arrive on, the app's outbound ones (on
+	// 127.0.0.1) and inbound ones to the app's ports (on 0.0.0.0); empty:
+	// none. SocketMark, when set, marks every socket the sidecar dials so
+	// that capture rules with the same mark let them pass (needs
+	// CAP_NET_ADMIN); with capture by user ID it stays 0.
+	CaptureOutboundAddr string
+	CaptureInboundAddr  string
+	SocketMark          uint32
+
 	// DrainTimeout bounds how long in-flight requests may finish at shutdown; default 10s.
 	DrainTimeout time.Duration
 	// IdleTimeout drops a destination's watch when unused this long; default 5m.
@@ -79,7 +90,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("trellis-proxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o Options
-	fs.StringVar(&o.ControlPlane, "control-plane", "127.0.0.1:15128", "control plane gRPC `address`")
+	fs.StringVar(&o.ControlPlane, "control-plane", "127.0.0.1:15128", "control plane gRPC `address`: host:port, or unix:PATH")
 	fs.StringVar(&o.CAFile, "ca-file", "", "PEM `file` of the roots that verify the control plane (required)")
 	fs.StringVar(&o.WorkloadID, "workload-id", "", "registered workload `id` (required)")
 	keyType := fs.String("key-type", string(spiffe.KeyP256), "the `type` of key made for the certificate: ecdsa-p256 or ecdsa-p384")
@@ -96,6 +107,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			o.TCPForwards = append(o.TCPForwards, f)
 		}
 		return err
+	})
+	fs.StringVar(&o.CaptureOutboundAddr, "capture-outbound", "", "listen `address` for the app's connections redirected by transparent capture (e.g. 127.0.0.1:15001; empty: none)")
+	fs.StringVar(&o.CaptureInboundAddr, "capture-inbound", "", "listen `address` for connections to the app's ports redirected by transparent capture (e.g. 0.0.0.0:15006; empty: none)")
+	fs.Func("socket-mark", "mark every socket the sidecar dials with this `number` (SO_MARK), as capture rules exclude it; needs CAP_NET_ADMIN", func(v string) error {
+		m, err := strconv.ParseUint(v, 0, 32)
+		if err != nil || m == 0 {
+			return fmt.Errorf("want a non-zero 32-bit number, such as 0x7e11")
+		}
+		o.SocketMark = uint32(m)
+		return nil
 	})
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	accessLog := fs.Bool("access-log", true, "write JSON access log lines to stdout")
@@ -149,11 +170,14 @@ type Proxy struct {
 	upstreams map[upstreamKey]*http.Transport
 	app       *http.Transport // HTTP/1.1 to the app (and to egress destinations)
 	appH2     *http.Transport // h2c, prior knowledge, to the app
+	// dialControl marks the sidecar's own sockets for capture (nil: none).
+	dialControl func(network, address string, c syscall.RawConn) error
 
 	// bound addresses, known once listening
-	Inbound, Outbound, Admin net.Addr
-	TCPForwards              []net.Addr // in the order of Options.TCPForwards
-	listening                chan struct{}
+	Inbound, Outbound, Admin        net.Addr
+	CaptureOutbound, CaptureInbound net.Addr   // nil when not capturing
+	TCPForwards                     []net.Addr // in the order of Options.TCPForwards
+	listening                       chan struct{}
 }
 
 // New checks the options and makes a sidecar; Run starts it.
@@ -188,22 +212,24 @@ func New(o Options) (*Proxy, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	creds := &spiffe.Credentials{}
+	ctl := dialControl(o.SocketMark)
 	p := &Proxy{
-		opts:      o,
-		creds:     creds,
-		metrics:   telemetry.NewMetrics(),
-		log:       o.Logger,
-		upstreams: map[upstreamKey]*http.Transport{},
-		streams:   newStreams(),
-		listening: make(chan struct{}),
+		dialControl: ctl,
+		opts:        o,
+		creds:       creds,
+		metrics:     telemetry.NewMetrics(),
+		log:         o.Logger,
+		upstreams:   map[upstreamKey]*http.Transport{},
+		streams:     newStreams(),
+		listening:   make(chan struct{}),
 		app: &http.Transport{
-			DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			DialContext:           (&net.Dialer{Timeout: 2 * time.Second, Control: ctl}).DialContext,
 			MaxIdleConnsPerHost:   64,
 			IdleConnTimeout:       60 * time.Second,
 			ExpectContinueTimeout: expectContinueTimeout,
 		},
 		appH2: &http.Transport{
-			DialContext:     (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			DialContext:     (&net.Dialer{Timeout: 2 * time.Second, Control: ctl}).DialContext,
 			Protocols:       h2cOnly(),
 			IdleConnTimeout: 60 * time.Second,
 		},
@@ -263,6 +289,29 @@ func (p *Proxy) Run(ctx context.Context) error {
 		fwdLns = append(fwdLns, ln)
 		p.TCPForwards = append(p.TCPForwards, ln.Addr())
 	}
+	var capLns []net.Listener // outbound, inbound; nil entries when off
+	for _, a := range []string{p.opts.CaptureOutboundAddr, p.opts.CaptureInboundAddr} {
+		if a == "" {
+			capLns = append(capLns, nil)
+			continue
+		}
+		ln, err := listen(a)
+		if err != nil {
+			inLn.Close()
+			outLn.Close()
+			admLn.Close()
+			closeFwd()
+			closeListeners(capLns)
+			return fmt.Errorf("capture listener %s: %w", a, err)
+		}
+		capLns = append(capLns, ln)
+	}
+	if capLns[0] != nil {
+		p.CaptureOutbound = capLns[0].Addr()
+	}
+	if capLns[1] != nil {
+		p.CaptureInbound = capLns[1].Addr()
+	}
 	p.Inbound, p.Outbound, p.Admin = inLn.Addr(), outLn.Addr(), admLn.Addr()
 	close(p.listening)
 
@@ -280,6 +329,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		inLn.Close()
 		outLn.Close()
 		closeFwd()
+		closeListeners(capLns)
 		if ctx.Err() != nil {
 			return nil // stopped before it was certified: nothing to drain
 		}
@@ -317,6 +367,25 @@ func (p *Proxy) Run(ctx context.Context) error {
 	for i, ln := range fwdLns {
 		go p.serveTCPForward(bg, ln, p.opts.TCPForwards[i].Authority)
 	}
+	// Captured HTTP connections are served like the outbound listener's,
+	// each request knowing where its connection was going.
+	captured := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &outProtos,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if cc, ok := c.(*capturedConn); ok {
+				return context.WithValue(ctx, capturedKey{}, cc.authority)
+			}
+			return ctx
+		}}
+	servers := []*http.Server{inbound, outbound}
+	if ln := capLns[0]; ln != nil {
+		q := newConnQueue(ln.Addr())
+		go captured.Serve(q)
+		go p.serveCaptureOutbound(bg, ln, q)
+		servers = append(servers, captured)
+	}
+	if ln := capLns[1]; ln != nil {
+		go p.serveCaptureInbound(ln)
+	}
 
 	select {
 	case <-policyReady:
@@ -334,12 +403,13 @@ func (p *Proxy) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	closeFwd()
+	closeListeners(capLns)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		p.streams.drain(dctx) // tunnels and switched connections, which the servers forgot
 	}()
-	for _, s := range []*http.Server{inbound, outbound} {
+	for _, s := range servers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -352,6 +422,15 @@ func (p *Proxy) Run(ctx context.Context) error {
 	acc.Close()
 	p.log.Info("stopped")
 	return nil
+}
+
+// closeListeners closes each listener that is not nil.
+func closeListeners(lns []net.Listener) {
+	for _, ln := range lns {
+		if ln != nil {
+			ln.Close()
+		}
+	}
 }
 
 // h2cOnly is the protocol set of a transport that speaks HTTP/2 with prior

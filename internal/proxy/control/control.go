@@ -38,7 +38,8 @@ const (
 
 // Config configures a Client.
 type Config struct {
-	// Address of the control plane's gRPC endpoint, host:port.
+	// Address of the control plane's gRPC endpoint: host:port, or unix:PATH
+	// for its Unix socket (a sidecar in a network namespace of its own).
 	Address string
 	// Roots verify the control plane's serving certificate, together with the
 	// trust bundle last received, so that the control plane stays trusted after
@@ -111,10 +112,15 @@ func New(cfg Config) *Client {
 				return &tls.Certificate{}, nil
 			}
 		}
+		dial := (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+		if path, ok := strings.CutPrefix(cfg.Address, "unix:"); ok {
+			d := &net.Dialer{Timeout: 5 * time.Second}
+			dial = func(ctx context.Context, _, _ string) (net.Conn, error) { return d.DialContext(ctx, "unix", path) }
+		}
 		return &http.Transport{
 			TLSClientConfig:     conf,
 			ForceAttemptHTTP2:   true,
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:         dial,
 			TLSHandshakeTimeout: 5 * time.Second,
 			IdleConnTimeout:     90 * time.Second,
 		}
@@ -124,6 +130,9 @@ func New(cfg Config) *Client {
 	certifyTr := newTransport(false)
 	hc := &http.Client{Transport: newTransport(true)}
 	base := "https://" + cfg.Address
+	if strings.HasPrefix(cfg.Address, "unix:") {
+		base = "https://localhost" // the name the control plane's certificate has
+	}
 	return &Client{
 		cfg:       cfg,
 		recertify: make(chan struct{}, 1),
