@@ -39,6 +39,10 @@ type runOptions struct {
 	accessLog                bool
 	keyType                  string
 	tcpForwards              []string
+	isolation                string
+	excludeInboundPorts      string
+	excludeOutboundPorts     string
+	excludeOutboundCIDRs     string
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -79,6 +83,10 @@ AUTHORITY.`,
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 10*time.Second, "how long the program may take to exit after SIGTERM before SIGKILL")
 	f.StringVar(&o.keyType, "key-type", "ecdsa-p256", "the `type` of key the sidecar makes for its certificate: ecdsa-p256 or ecdsa-p384")
 	f.BoolVar(&o.accessLog, "access-log", true, "the sidecar writes a JSON access log line per request to stdout")
+	f.StringVar(&o.isolation, "isolation", "none", "none: the workload shares the host's network and uses the sidecar as its HTTP proxy; netns (root): it gets a network namespace of its own with transparent capture, as a pod")
+	f.StringVar(&o.excludeInboundPorts, "exclude-inbound-ports", "", "with --isolation netns: comma-separated app `ports` that inbound capture leaves alone")
+	f.StringVar(&o.excludeOutboundPorts, "exclude-outbound-ports", "", "with --isolation netns: comma-separated destination `ports` that outbound capture leaves alone")
+	f.StringVar(&o.excludeOutboundCIDRs, "exclude-outbound-cidrs", "", "with --isolation netns: comma-separated IPv4 `CIDRs` that outbound capture leaves alone")
 	f.StringArrayVar(&o.tcpForwards, "tcp-forward", nil, "LISTEN=AUTHORITY: bind LISTEN (127.0.0.1:PORT) for opaque TCP to the mesh destination AUTHORITY (repeatable)")
 	return cmd
 }
@@ -204,26 +212,23 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 	if err != nil {
 		return err
 	}
-	// The sidecar's listeners are bound here and handed over as inherited
-	// sockets: their ports are known before registration and cannot be taken by
-	// another process in between.
-	lns, err := bindLoopback(3)
+	var pl *placement
+	switch o.isolation {
+	case "", "none":
+		if o.excludeInboundPorts != "" || o.excludeOutboundPorts != "" || o.excludeOutboundCIDRs != "" {
+			return errors.New("--exclude-* need --isolation netns: without a namespace of its own nothing is captured")
+		}
+		pl, err = sharedPlacement(c.Info.GRPC, forwards)
+	case "netns":
+		pl, err = o.isolatedPlacement(c, forwards)
+	default:
+		return fmt.Errorf("--isolation %q: want none or netns", o.isolation)
+	}
 	if err != nil {
 		return err
 	}
-	defer closeAll(lns)
-	inbound, outbound, admin := lns[0].Addr().String(), lns[1].Addr().String(), lns[2].Addr().String()
-	// TCP forward ports are bound here too, and handed over after the
-	// sidecar's own three.
-	var fwdArgs []string
-	for i, f := range forwards {
-		ln, err := net.Listen("tcp", f.listen)
-		if err != nil {
-			return fmt.Errorf("--tcp-forward %s=%s: %w", f.listen, f.authority, err)
-		}
-		lns = append(lns, ln)
-		fwdArgs = append(fwdArgs, "--tcp-forward", fmt.Sprintf("fd:%d=%s", 6+i, f.authority))
-	}
+	defer pl.close()
+	lns, inbound, admin := pl.listeners, pl.inbound, pl.admin
 
 	// Signals are handled here from now on: the order of shutdown matters.
 	sigs := make(chan os.Signal, 2)
@@ -244,12 +249,10 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 		}
 	}()
 
-	proxyArgs := []string{
-		"--control-plane", c.Info.GRPC,
+	proxyArgs := append([]string{
 		"--ca-file", filepath.Join(o.stateDir, controlplane.CAFile),
 		"--workload-id", reg.ID,
-		"--inbound", "fd:3", "--outbound", "fd:4", "--admin", "fd:5",
-	}
+	}, pl.proxyArgs...)
 	if o.port != 0 {
 		proxyArgs = append(proxyArgs, "--app", fmt.Sprintf("127.0.0.1:%d", o.port))
 	}
@@ -259,8 +262,7 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 	if o.keyType != "" {
 		proxyArgs = append(proxyArgs, "--key-type", o.keyType)
 	}
-	proxyArgs = append(proxyArgs, fwdArgs...)
-	proxy := exec.Command(proxyBin, proxyArgs...)
+	proxy := pl.command(proxyBin, proxyArgs...)
 	proxy.Env = append(os.Environ(), "TRELLIS_JOIN_TOKEN="+reg.Token)
 	proxy.Stdout, proxy.Stderr = stdout, stderr
 	proxy.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
@@ -297,11 +299,8 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 		return fmt.Errorf("sidecar of %s: %w", reg.ID, err)
 	}
 
-	app := exec.Command(args[0], args[1:]...)
-	proxyURL := "http://" + outbound
-	app.Env = append(os.Environ(),
-		"HTTP_PROXY="+proxyURL, "http_proxy="+proxyURL,
-		"NO_PROXY=localhost,127.0.0.1,::1", "no_proxy=localhost,127.0.0.1,::1",
+	app := pl.command(args[0], args[1:]...)
+	app.Env = append(append(os.Environ(), pl.appEnv...),
 		"TRELLIS_WORKLOAD_ID="+reg.ID, "TRELLIS_NAMESPACE="+o.namespace,
 	)
 	app.Stdin, app.Stdout, app.Stderr = os.Stdin, stdout, stderr
@@ -316,7 +315,7 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 	var appErr error
 	appExited, stopping := false, false
 	if o.port != 0 {
-		err := waitListening(ctx, fmt.Sprintf("127.0.0.1:%d", o.port), o.readyTimeout, appDone, sigs)
+		err := waitListening(ctx, pl.dial, fmt.Sprintf("127.0.0.1:%d", o.port), o.readyTimeout, appDone, sigs)
 		var exited *exitedError
 		switch {
 		case errors.As(err, &exited):
@@ -402,10 +401,10 @@ func waitReady(ctx context.Context, url string, timeout time.Duration, died <-ch
 }
 
 // waitListening waits until something accepts connections on addr.
-func waitListening(ctx context.Context, addr string, timeout time.Duration, died <-chan error, sigs <-chan os.Signal) error {
+func waitListening(ctx context.Context, dial func(addr string) (net.Conn, error), addr string, timeout time.Duration, died <-chan error, sigs <-chan os.Signal) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		if c, err := dial(addr); err == nil {
 			c.Close()
 			return nil
 		}

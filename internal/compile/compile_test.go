@@ -206,7 +206,7 @@ func TestInboundLogLevel(t *testing.T) {
 // reports an address no service holds.
 func TestDestinationByAddress(t *testing.T) {
 	snap := model.Build(model.Inputs{
-		VirtualAddresses: netip.MustParsePrefix("198.18.0.0/15"),
+		VirtualAddresses: netip.MustParsePrefix("198.18.0.0/16"),
 		Services: []model.Service{
 			{Key: model.Key{Namespace: "db", Name: "mysql"}, Ports: []model.ServicePort{{Port: 3306, Protocol: model.ProtocolTCPServerFirst}},
 				Addresses: []netip.Addr{netip.MustParseAddr("10.96.0.10")}},
@@ -218,7 +218,7 @@ func TestDestinationByAddress(t *testing.T) {
 		t.Fatalf("problems: %v", p)
 	}
 	store, ok := snap.Service(model.Key{Namespace: "bookstore", Name: "bookstore"})
-	if !ok || len(store.Addresses) != 1 || !netip.MustParsePrefix("198.18.0.0/15").Contains(store.Addresses[0]) {
+	if !ok || len(store.Addresses) != 1 || !netip.MustParsePrefix("198.18.0.0/16").Contains(store.Addresses[0]) {
 		t.Fatalf("bookstore was given no address from the pool: %+v", store)
 	}
 	for _, tt := range []struct {
@@ -239,7 +239,7 @@ func TestDestinationByAddress(t *testing.T) {
 	}
 	// A service keeps its address as others join.
 	more := model.Build(model.Inputs{
-		VirtualAddresses: netip.MustParsePrefix("198.18.0.0/15"),
+		VirtualAddresses: netip.MustParsePrefix("198.18.0.0/16"),
 		Services: []model.Service{
 			{Key: model.Key{Namespace: "bookstore", Name: "aaa"}, Ports: []model.ServicePort{{Port: 80}}},
 			{Key: model.Key{Namespace: "bookstore", Name: "bookstore"}, Ports: []model.ServicePort{{Port: 14001}}},

@@ -70,6 +70,7 @@ func newAdmin(store *local.Store, srv *serve.Server, builds *metrics.Histogram, 
 	mux.HandleFunc("POST /v1/delete", a.delete)
 	mux.HandleFunc("GET /v1/resources", a.resources)
 	mux.HandleFunc("GET /v1/workloads", a.workloads)
+	mux.HandleFunc("GET /v1/services", a.services)
 	mux.HandleFunc("POST /v1/workloads", a.register)
 	mux.HandleFunc("PUT /v1/workloads/{ns}/{name}/ready", a.ready)
 	mux.HandleFunc("DELETE /v1/workloads/{ns}/{name}", a.deregister)
@@ -192,6 +193,11 @@ func (a *adminAPI) resources(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// services lists the mesh's services with their ports and virtual addresses.
+func (a *adminAPI) services(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, a.store.Snapshot().Services())
 }
 
 func (a *adminAPI) workloads(w http.ResponseWriter, r *http.Request) {

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/source/local"
 )
 
@@ -121,6 +122,12 @@ func (c *Client) Delete(ctx context.Context, req DeleteRequest) (local.Result, e
 func (c *Client) Resources(ctx context.Context, kind, namespace string, out any) error {
 	q := "/v1/resources?kind=" + kind + "&namespace=" + namespace
 	return c.do(ctx, http.MethodGet, q, nil, out)
+}
+
+// Services lists the mesh's services, with their ports and virtual addresses.
+func (c *Client) Services(ctx context.Context) ([]model.Service, error) {
+	var out []model.Service
+	return out, c.do(ctx, http.MethodGet, "/v1/services", nil, &out)
 }
 
 // Workloads lists registrations.

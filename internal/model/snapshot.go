@@ -12,9 +12,10 @@ import (
 )
 
 // LocalVirtualAddresses is the range local mode assigns service addresses
-// from: 198.18.0.0/15, set aside for benchmarking networks (RFC 2544) and
-// never routed on the internet.
-var LocalVirtualAddresses = netip.MustParsePrefix("198.18.0.0/15")
+// from: 198.18.0.0/16, half of the block set aside for benchmarking networks
+// (RFC 2544) and never routed on the internet; the other half holds the
+// addresses of workloads in network namespaces of their own (package netns).
+var LocalVirtualAddresses = netip.MustParsePrefix("198.18.0.0/16")
 
 // Inputs is everything a snapshot is built from. Sources fill it; Build validates
 // it and freezes it.
@@ -276,7 +277,7 @@ func (s *Snapshot) ServiceAt(a netip.Addr) (*Service, bool) {
 //
 // An assigned address is a hash of the service's key, probed forward past
 // taken ones, in key order: a service keeps its address as others come and
-// go unless two keys hash to the same address, which is rare in a /15.
+// go unless two keys hash to the same address, which is rare in a /16.
 func (s *Snapshot) indexAddresses(pool netip.Prefix) {
 	s.byAddress = map[netip.Addr]*Service{}
 	claimed := map[netip.Addr][]*Service{}
