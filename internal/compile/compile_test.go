@@ -1,8 +1,8 @@
 package compile
 
 import (
-	"net/netip"
 	"flag"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
