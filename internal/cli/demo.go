@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +28,7 @@ type demoOptions struct {
 	duration   time.Duration
 	output     string
 	permissive bool
+	isolation  string
 }
 
 func newDemoCmd(g *globals) *cobra.Command {
@@ -51,6 +53,7 @@ expectations failed: bookbuyer served (>= 95% 2xx) and bookthief denied (100%).`
 	f := cmd.Flags()
 	f.DurationVar(&o.duration, "duration", 0, "stop after this long and check the expectations (0: until Ctrl-C)")
 	f.StringVarP(&o.output, "output", "o", "", "json: print the final summary as JSON (the live summary goes to stderr)")
+	f.StringVar(&o.isolation, "isolation", "none", "none: the apps share the host's network and use their sidecars as HTTP proxies; netns (root): each app gets a network namespace of its own with transparent capture, as pods have")
 	f.BoolVar(&o.permissive, "permissive", false, "start in permissive mode: every meshed identity may call every service")
 	return cmd
 }
@@ -170,6 +173,14 @@ func (o *demoOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 		}
 	}
 
+	isolated := false
+	switch o.isolation {
+	case "", "none":
+	case "netns":
+		isolated = true
+	default:
+		return fmt.Errorf("--isolation %q: want none or netns", o.isolation)
+	}
 	ports := map[string]int{}
 	for _, n := range []string{"bookstore-v1", "bookstore-v2", "bookwarehouse", "bookbuyer", "bookthief"} {
 		if ports[n], err = freePort(); err != nil {
@@ -177,10 +188,22 @@ func (o *demoOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 		}
 	}
 	listen := func(n string) string { return fmt.Sprintf("127.0.0.1:%d", ports[n]) }
+	clientListen := listen
+	if isolated {
+		// The clients' pages are read from the host, at their namespaces'
+		// addresses, on ports inbound capture leaves alone.
+		clientListen = func(n string) string { return fmt.Sprintf("0.0.0.0:%d", ports[n]) }
+	}
 	runArgs := func(ns, account, name, services string, port int) []string {
 		a := []string{"--state-dir", o.stateDir, "run", "--proxy", proxyBin, "-n", ns, "--account", account, "--name", name}
 		if services != "" {
 			a = append(a, "--service", services, "--port", fmt.Sprint(port))
+		}
+		if isolated {
+			a = append(a, "--isolation", "netns")
+			if services == "" {
+				a = append(a, "--exclude-inbound-ports", fmt.Sprint(ports[name]))
+			}
 		}
 		return a
 	}
@@ -194,9 +217,9 @@ func (o *demoOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	clients := []*demoWorkload{
 		{name: "bookbuyer", runArgs: runArgs("bookbuyer", "bookbuyer", "bookbuyer", "", 0),
-			appArgs: []string{"bookbuyer", "--listen", listen("bookbuyer")}},
+			appArgs: []string{"bookbuyer", "--listen", clientListen("bookbuyer")}},
 		{name: "bookthief", runArgs: runArgs("bookthief", "bookthief", "bookthief", "", 0),
-			appArgs: []string{"bookthief", "--listen", listen("bookthief")}},
+			appArgs: []string{"bookthief", "--listen", clientListen("bookthief")}},
 	}
 	var started []*demoWorkload
 	defer func() {
@@ -229,14 +252,33 @@ func (o *demoOptions) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if err := waitWorkloads(ctx, c, []string{"bookbuyer", "bookthief"}, clients, 30*time.Second); err != nil {
 		return err
 	}
+	pages := map[string]string{} // client → host:port of its stats page
+	for _, w := range clients {
+		pages[w.name] = listen(w.name)
+	}
+	if isolated {
+		ws, err := c.Workloads(ctx)
+		if err != nil {
+			return err
+		}
+		for _, w := range ws {
+			if _, ok := pages[w.Name]; ok {
+				host, _, _ := net.SplitHostPort(w.AdminAddress)
+				pages[w.Name] = net.JoinHostPort(host, fmt.Sprint(ports[w.Name]))
+			}
+		}
+	}
 	info := DemoInfo{Clients: map[string]string{}}
 	for _, w := range clients {
-		info.Clients[w.name] = "http://" + listen(w.name)
+		info.Clients[w.name] = "http://" + pages[w.name]
 	}
 	infoPath := filepath.Join(o.stateDir, DemoInfoFile)
 	if b, err := json.Marshal(info); err == nil {
 		local.WriteFileAtomic(infoPath, b, 0o644)
 		defer os.Remove(infoPath)
+	}
+	if isolated {
+		fmt.Fprintln(live, "trellis demo: each app in a network namespace of its own, its traffic captured transparently.")
 	}
 	fmt.Fprintf(live, "trellis demo: %s mode; bookbuyer and bookthief call bookstore.bookstore:14001 (split 50/50 v1/v2).\n", mode)
 	fmt.Fprintf(live, "trellis demo: bookbuyer's page %s, bookthief's %s. Ctrl-C stops.\n", info.Clients["bookbuyer"], info.Clients["bookthief"])
@@ -263,7 +305,7 @@ loop:
 		case <-tick.C:
 		}
 		for _, w := range clients {
-			if s, err := fetchClientStats(hc, listen(w.name)); err == nil {
+			if s, err := fetchClientStats(hc, pages[w.name]); err == nil {
 				stats[w.name] = s
 			}
 		}
@@ -287,7 +329,7 @@ loop:
 
 	// Final figures, taken while everything still runs.
 	for _, w := range clients {
-		if s, err := fetchClientStats(hc, listen(w.name)); err == nil {
+		if s, err := fetchClientStats(hc, pages[w.name]); err == nil {
 			stats[w.name] = s
 		}
 	}
