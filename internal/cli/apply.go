@@ -131,9 +131,9 @@ type getOptions struct {
 func newGetCmd(g *globals) *cobra.Command {
 	o := &getOptions{globals: g}
 	cmd := &cobra.Command{
-		Use:     "get [KIND|workloads|status]",
-		Short:   "List stored resources, registered workloads or the mesh status",
-		Example: "  trellis get\n  trellis get TrafficSplit -n bookstore -o yaml\n  trellis get workloads\n  trellis get status -o json",
+		Use:     "get [KIND|workloads|services|status]",
+		Short:   "List stored resources, registered workloads, services or the mesh status",
+		Example: "  trellis get\n  trellis get TrafficSplit -n bookstore -o yaml\n  trellis get workloads\n  trellis get services\n  trellis get status -o json",
 		Args:    cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kind := ""
@@ -168,6 +168,32 @@ func (o *getOptions) run(ctx context.Context, w io.Writer, kind string) error {
 					svcs = append(svcs, fmt.Sprintf("%s:%d", m.Service, m.ServicePort))
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%v\n", wl.ID, wl.Identity.Account, strings.Join(svcs, ","), wl.Address, wl.Ready, wl.Connected)
+			}
+			return tw.Flush()
+		})
+	case "services", "service", "svc":
+		svcs, err := c.Services(ctx)
+		if err != nil {
+			return err
+		}
+		keep := svcs[:0]
+		for _, s := range svcs {
+			if o.namespace == "" || s.Key.Namespace == o.namespace {
+				keep = append(keep, s)
+			}
+		}
+		return output(w, o.output, keep, func() error {
+			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SERVICE\tPORTS\tADDRESSES")
+			for _, s := range keep {
+				var ports, addrs []string
+				for _, p := range s.Ports {
+					ports = append(ports, fmt.Sprintf("%d/%s", p.Port, p.Protocol))
+				}
+				for _, a := range s.Addresses {
+					addrs = append(addrs, a.String())
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Key, strings.Join(ports, ","), strings.Join(addrs, ","))
 			}
 			return tw.Flush()
 		})

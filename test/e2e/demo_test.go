@@ -86,9 +86,9 @@ func tryStats(url string) (clientStats, error) {
 
 // runningDemo starts the demo without a duration and returns bookbuyer's URL once
 // traffic flows.
-func runningDemo(t *testing.T, state string) (*proc, map[string]string) {
+func runningDemo(t *testing.T, state string, extra ...string) (*proc, map[string]string) {
 	t.Helper()
-	p := start(t, state, "demo")
+	p := start(t, state, append([]string{"demo"}, extra...)...)
 	dumpLogsOnFailure(t, state)
 	var info struct {
 		Clients map[string]string `json:"clients"`

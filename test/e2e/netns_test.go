@@ -1,0 +1,339 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/capture"
+	"github.com/trellis-mesh/trellis/internal/netns"
+)
+
+// needNetns skips a test that makes network namespaces where it cannot.
+func needNetns(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: makes network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2's ip")
+	}
+}
+
+// noNamespacesLeft checks that the workloads' namespaces and the bridge are gone.
+func noNamespacesLeft(t *testing.T) {
+	t.Helper()
+	waitFor(t, 15*time.Second, "every trellis network namespace and the bridge to go", func() bool {
+		out, _ := exec.Command("ip", "netns", "list").Output()
+		_, err := os.Stat("/sys/class/net/" + netns.BridgeName)
+		return !strings.Contains(string(out), "trellis-") && os.IsNotExist(err)
+	})
+}
+
+// TestDemoNetns runs the demo with every app in a network namespace of its
+// own: the apps call services by name with no proxy setting, and transparent
+// capture alone brings their traffic to the sidecars. The outcomes are the
+// demo's, in strict mode.
+func TestDemoNetns(t *testing.T) {
+	needNetns(t)
+	state := t.TempDir()
+	p := start(t, state, "demo", "--isolation", "netns", "--duration", "20s", "-o", "json")
+	dumpLogsOnFailure(t, state)
+	p.wait(t, 2*time.Minute)
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("trellis demo --isolation netns exit code %d, want 0; stderr:\n%s\nstdout:\n%s", code, p.errb.String(), p.out.String())
+	}
+	s := parseSummary(t, p.out.String())
+	b, th := s.Clients["bookbuyer"], s.Clients["bookthief"]
+	if b.Total < 100 || b.OK != b.Total {
+		t.Errorf("bookbuyer: %d of %d answered 2xx, want all of at least 100; reasons %v", b.OK, b.Total, b.Reasons)
+	}
+	if th.Total < 100 || th.Denied != th.Total || th.Reasons["denied"] != th.Total {
+		t.Errorf("bookthief: %d of %d denied (reasons %v), want all denied with reason denied", th.Denied, th.Total, th.Reasons)
+	}
+	for _, v := range []string{"bookstore-v1", "bookstore-v2"} {
+		if sh := s.BookstoreShare[v]; sh < 0.35 || sh > 0.65 {
+			t.Errorf("share of %s = %.2f, want between 0.35 and 0.65", v, sh)
+		}
+	}
+	for _, sc := range s.Sidecars {
+		t.Logf("sidecar %s: RSS %.1f MiB", sc.Workload, float64(sc.RSSBytes)/(1<<20))
+	}
+	noLeftovers(t)
+	noNamespacesLeft(t)
+}
+
+// TestSplitMovesNetns moves the split while the demo runs in namespaces: the
+// captured connections follow the TrafficSplit as the proxied ones do.
+func TestSplitMovesNetns(t *testing.T) {
+	needNetns(t)
+	state := t.TempDir()
+	_, clients := runningDemo(t, state, "--isolation", "netns")
+	buyer := clients["bookbuyer"]
+	before := getStats(t, buyer)
+	applied := time.Now()
+	if out, errOut, err := trellis(t, state, "apply", "-f", filepath.Join("..", "..", "examples", "bookstore", "traffic-split-v2.yaml")); err != nil {
+		t.Fatalf("apply: %v\n%s%s", err, out, errOut)
+	}
+	time.Sleep(time.Until(applied.Add(2 * time.Second)))
+	from := getStats(t, buyer)
+	time.Sleep(3 * time.Second)
+	to := getStats(t, buyer)
+	if sh, n := share(from, to, "bookstore-v2"); n < 20 || sh < 0.99 {
+		t.Errorf("bookstore-v2 served %.1f%% of %d requests from 2 s to 5 s after the v2-only split, want >= 99%%", 100*sh, n)
+	}
+	if to.Failed != before.Failed {
+		t.Errorf("requests failed while the split moved: %d → %d", before.Failed, to.Failed)
+	}
+}
+
+// nsOf returns the path of the network namespace that holds addr, from the
+// leases trellis run keeps.
+func nsOf(t *testing.T, addr string) string {
+	t.Helper()
+	host, _, _ := net.SplitHostPort(addr)
+	b, err := os.ReadFile("/run/trellis/netns-leases.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ls []struct {
+		IP   string `json:"ip"`
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal(b, &ls); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		if l.IP == host {
+			return filepath.Join("/run/netns", l.Name)
+		}
+	}
+	t.Fatalf("no namespace holds %s; leases %s", host, b)
+	return ""
+}
+
+// serviceAddr returns a service's virtual address from the control plane.
+func serviceAddr(t *testing.T, state, name string) netip.Addr {
+	t.Helper()
+	out, errOut, err := trellis(t, state, "get", "services", "-o", "json")
+	if err != nil {
+		t.Fatalf("get services: %v %s", err, errOut)
+	}
+	var svcs []struct {
+		Key       struct{ Namespace, Name string } `json:"key"`
+		Addresses []netip.Addr                      `json:"addresses"`
+	}
+	if err := json.Unmarshal([]byte(out), &svcs); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	for _, s := range svcs {
+		if s.Key.Namespace+"/"+s.Key.Name == name && len(s.Addresses) > 0 {
+			return s.Addresses[0]
+		}
+	}
+	t.Fatalf("service %s has no address: %s", name, out)
+	return netip.Addr{}
+}
+
+// greeter serves a server-first protocol in the namespace at path: it says
+// hello before reading anything, then echoes one line.
+func greeter(t *testing.T, path, addr string) {
+	t.Helper()
+	var ln net.Listener
+	if err := capture.InNamespace(path, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.WriteString(c, "hello from the greeter\n")
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				io.WriteString(c, "echo "+line)
+			}()
+		}
+	}()
+}
+
+// converse dials addr from the namespace at path, reads the greeting, sends a
+// line and reads its echo, all within d.
+func converse(path, addr string, d time.Duration) (string, error) {
+	var c net.Conn
+	if err := capture.InNamespace(path, func() (err error) { c, err = net.DialTimeout("tcp", addr, d); return err }); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(d))
+	r := bufio.NewReader(c)
+	hello, err := r.ReadString('\n')
+	if err != nil {
+		return hello, fmt.Errorf("greeting: %w", err)
+	}
+	io.WriteString(c, "ping\n")
+	echo, err := r.ReadString('\n')
+	return hello + echo, err
+}
+
+var capturedRefusedRe = regexp.MustCompile(`trellis_connections_refused_total\{direction="(inbound|outbound)",reason="([a-z_]+)"\} (\d+)`)
+
+func refusals(t *testing.T, admin string) map[string]int {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := map[string]int{}
+	for _, g := range capturedRefusedRe.FindAllStringSubmatch(string(b), -1) {
+		n, _ := strconv.Atoi(g[3])
+		m[g[1]+"/"+g[2]] = n
+	}
+	return m
+}
+
+// TestCaptureTCPAndRefusals covers what transparent capture does beyond HTTP:
+// a server-first TCP service (declared tcp-server-first) reached at its
+// virtual address with no sniffing delay; a plaintext caller from outside the
+// mesh refused at the app's port under strict mTLS; and a destination outside
+// the mesh refused while egress is off, then reached once it is on.
+func TestCaptureTCPAndRefusals(t *testing.T) {
+	needNetns(t)
+	state := t.TempDir()
+	controlPlane(t, state)
+	dumpLogsOnFailure(t, state)
+	strict := writeFile(t, state, "strict.yaml", meshConfig(false))
+	if _, errOut, err := trellis(t, state, "apply", "-f", strict); err != nil {
+		t.Fatalf("apply: %v %s", err, errOut)
+	}
+	access := writeFile(t, state, "access.yaml", `apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: greeter, namespace: db}
+spec:
+  destination: {kind: ServiceAccount, name: greeter, namespace: db}
+  sources:
+  - {kind: ServiceAccount, name: client, namespace: shop}
+  rules:
+  - {kind: TCPRoute, name: greeter}
+---
+apiVersion: specs.smi-spec.io/v1alpha4
+kind: TCPRoute
+metadata: {name: greeter, namespace: db}
+spec: {}
+`)
+	if out, errOut, err := trellis(t, state, "apply", "-f", access); err != nil {
+		t.Fatalf("apply: %v %s %s", err, out, errOut)
+	}
+	start(t, state, "run", "--isolation", "netns", "-n", "db", "--account", "greeter",
+		"--service", "greeter:7000/tcp-server-first", "--port", "7000", "--", "sleep", "600")
+	var server workload
+	waitFor(t, 30*time.Second, "the greeter's namespace", func() bool {
+		server = workloads(t, state)["greeter"]
+		return server.AdminAddress != ""
+	})
+	serverNS := nsOf(t, server.AdminAddress)
+	greeter(t, serverNS, "127.0.0.1:7000")
+
+	start(t, state, "run", "--isolation", "netns", "-n", "shop", "--account", "client", "--", "sleep", "600")
+	var client workload
+	waitFor(t, 30*time.Second, "the client's sidecar", func() bool {
+		client = workloads(t, state)["client"]
+		if client.AdminAddress == "" {
+			return false
+		}
+		resp, err := http.Get("http://" + client.AdminAddress + "/ready")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil && resp.StatusCode == 200
+	})
+	clientNS := nsOf(t, client.AdminAddress)
+	vip := serviceAddr(t, state, "db/greeter")
+
+	// Server-first through both sidecars, by virtual address.
+	target := netip.AddrPortFrom(vip, 7000).String()
+	var got string
+	waitFor(t, 30*time.Second, "the greeter to answer through the mesh", func() bool {
+		s, err := converse(clientNS, target, 2*time.Second)
+		got = s
+		return err == nil
+	})
+	began := time.Now()
+	got, err := converse(clientNS, target, 2*time.Second)
+	if err != nil || got != "hello from the greeter\necho ping\n" {
+		t.Fatalf("conversation through the mesh: %q, %v", got, err)
+	}
+	// Declared server-first, the port is never sniffed: the greeting does
+	// not wait out the detection window.
+	if el := time.Since(began); el > 250*time.Millisecond {
+		t.Errorf("a server-first conversation took %s, want well under the 300 ms detection wait", el)
+	}
+
+	// A plaintext caller from outside the mesh (this test, on the host) at
+	// the app's port: captured inbound and refused under strict mTLS.
+	host, _, _ := net.SplitHostPort(server.AdminAddress)
+	before := refusals(t, server.AdminAddress)["inbound/plaintext"]
+	if c, err := net.DialTimeout("tcp", net.JoinHostPort(host, "7000"), 2*time.Second); err == nil {
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if len(b) > 0 {
+			t.Errorf("a plaintext caller at the app's port read %q, want nothing under strict mTLS", b)
+		}
+	}
+	waitFor(t, 5*time.Second, "the plaintext refusal to be counted", func() bool {
+		return refusals(t, server.AdminAddress)["inbound/plaintext"] > before
+	})
+
+	// A destination outside the mesh: a server in a namespace of this test's.
+	outside, err := netns.Create("outside")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { outside.Close() })
+	greeter(t, outside.Path, net.JoinHostPort(outside.IP.String(), "8025"))
+	ext := net.JoinHostPort(outside.IP.String(), "8025")
+	if s, err := converse(clientNS, ext, 2*time.Second); err == nil {
+		t.Errorf("egress off, yet the app reached %s: %q", ext, s)
+	}
+	waitFor(t, 5*time.Second, "the egress refusal to be counted", func() bool {
+		return refusals(t, client.AdminAddress)["outbound/egress_denied"] > 0
+	})
+	open := writeFile(t, state, "egress.yaml", meshConfig(true))
+	if _, errOut, err := trellis(t, state, "apply", "-f", open); err != nil {
+		t.Fatalf("apply: %v %s", err, errOut)
+	}
+	waitFor(t, 10*time.Second, "egress to pass once enabled", func() bool {
+		s, err := converse(clientNS, ext, 2*time.Second)
+		return err == nil && s == "hello from the greeter\necho ping\n"
+	})
+}
+
+// meshConfig is a strict MeshConfig with egress on or off.
+func meshConfig(egress bool) string {
+	return fmt.Sprintf(`apiVersion: config.openservicemesh.io/v1alpha2
+kind: MeshConfig
+metadata: {name: osm-mesh-config, namespace: osm-system}
+spec:
+  traffic:
+    enablePermissiveTrafficPolicyMode: false
+    enableEgress: %v
+`, egress)
+}
