@@ -61,11 +61,21 @@ A service port defaults to --port; the protocol defaults to http.
 A program that speaks a protocol other than HTTP to a mesh service (a database
 client, say) gets a local port per destination with --tcp-forward: trellis run binds
 LISTEN on loopback and the sidecar carries each connection to it as opaque TCP to
-AUTHORITY.`,
+AUTHORITY.
+
+With --isolation netns (root) the workload gets a network namespace of its own, as a
+pod has: an address on the bridge trellis0 (198.19.0.0/16), an /etc/hosts that resolves
+every mesh service (name.namespace, name.namespace.svc.cluster.local) to its virtual
+address (198.18.0.0/16), and transparent capture programmed with nftables. The program
+needs no proxy setting: its TCP connections are redirected to the sidecar, which reads
+their original destination; connections to the program's ports from outside the mesh
+are refused under strict mTLS. --exclude-* leave ports and CIDRs alone. Everything is
+removed when the workload stops.`,
 		Example: `  trellis run --namespace bookstore --account bookstore --service bookstore:14001,bookstore-v1:14001 \
       --port 14011 -- ./bookstore --listen 127.0.0.1:14011
   trellis run --namespace bookbuyer --account bookbuyer -- ./bookbuyer
-  trellis run --namespace shop --account orders --tcp-forward 127.0.0.1:13306=mysql.shop:3306 -- ./orders`,
+  trellis run --namespace shop --account orders --tcp-forward 127.0.0.1:13306=mysql.shop:3306 -- ./orders
+  trellis run --isolation netns --namespace bookbuyer --account bookbuyer --exclude-inbound-ports 8080 -- ./bookbuyer`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return o.run(cmd.Context(), args, cmd.OutOrStdout(), cmd.ErrOrStderr())

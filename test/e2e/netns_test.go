@@ -133,7 +133,7 @@ func serviceAddr(t *testing.T, state, name string) netip.Addr {
 	}
 	var svcs []struct {
 		Key       struct{ Namespace, Name string } `json:"key"`
-		Addresses []netip.Addr                      `json:"addresses"`
+		Addresses []netip.Addr                     `json:"addresses"`
 	}
 	if err := json.Unmarshal([]byte(out), &svcs); err != nil {
 		t.Fatalf("%v: %s", err, out)
