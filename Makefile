@@ -11,9 +11,10 @@ FUZZTIME ?= 10s
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-build: ## build bin/trellis and bin/trellis-proxy
+build: ## build bin/trellis, bin/trellis-proxy and bin/trellis-capture
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/trellis ./cmd/trellis
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/trellis-proxy ./cmd/trellis-proxy
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/trellis-capture ./cmd/trellis-capture
 
 demo: build ## run the bookstore demo until Ctrl-C
 	$(BIN)/trellis demo $(DEMO_ARGS)

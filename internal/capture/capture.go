@@ -25,7 +25,7 @@ const TableName = "trellis"
 
 // Default ports, as the sidecar uses them in a namespace of its own.
 const (
-	DefaultOutboundPort = 15001 // capture-outbound: the app's redirected connections
+	DefaultOutboundPort = 15002 // capture-outbound: the app's redirected connections (15001 is the explicit proxy)
 	DefaultInboundPort  = 15006 // capture-inbound: connections to the app's ports
 )
 
