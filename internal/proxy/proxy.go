@@ -26,6 +26,7 @@ import (
 
 	proxyv1 "github.com/trellis-mesh/trellis/api/proxy/v1"
 	"github.com/trellis-mesh/trellis/internal/authz"
+	"github.com/trellis-mesh/trellis/internal/probe"
 	"github.com/trellis-mesh/trellis/internal/proxy/control"
 	"github.com/trellis-mesh/trellis/internal/proxy/telemetry"
 	"github.com/trellis-mesh/trellis/internal/spiffe"
@@ -57,6 +58,9 @@ type Options struct {
 	// TCPForwards bind local ports, each an opaque TCP stream to one mesh
 	// destination; none by default.
 	TCPForwards []TCPForward
+	// AppProbes are the app's health probes that injection moved to the
+	// admin listener, served at their /app-health/ paths; none by default.
+	AppProbes probe.Table
 
 	// DrainTimeout bounds how long in-flight requests may finish at shutdown; default 10s.
 	DrainTimeout time.Duration
@@ -95,6 +99,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err == nil {
 			o.TCPForwards = append(o.TCPForwards, f)
 		}
+		return err
+	})
+	fs.Func("app-probes", "serve the app's health probes on the admin listener: `JSON` of /app-health/<container>/<kind> to {scheme, port, path, timeoutSeconds} (set by injection)", func(v string) (err error) {
+		o.AppProbes, err = probe.Parse(v)
 		return err
 	})
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
