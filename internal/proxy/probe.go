@@ -132,10 +132,14 @@ func (ps *probes) forward(ctx context.Context, w http.ResponseWriter, r *http.Re
 		return code
 	}
 	defer resp.Body.Close()
-	for _, k := range []string{"Content-Type", "Location"} {
-		if v := resp.Header.Get(k); v != "" {
-			w.Header().Set(k, v)
-		}
+	// The app's headers come back, but for those of its own connection and
+	// framing: the body may be cut at maxProbeBody.
+	h := w.Header()
+	for k, vs := range resp.Header {
+		h[k] = vs
+	}
+	for _, k := range []string{"Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length", "Trailer", "Upgrade"} {
+		h.Del(k)
 	}
 	w.WriteHeader(resp.StatusCode)
 	io.Copy(w, io.LimitReader(resp.Body, maxProbeBody))

@@ -26,6 +26,7 @@ func (a *probeApp) handler() http.Handler {
 	mux.HandleFunc("GET /readiness", func(w http.ResponseWriter, r *http.Request) {
 		a.record(r)
 		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("Identity", "bookstore-v1")
 		io.WriteString(w, "ready: "+r.URL.RawQuery+"\n")
 	})
 	mux.HandleFunc("GET /liveness", func(w http.ResponseWriter, r *http.Request) {
@@ -154,6 +155,9 @@ func TestAppProbes(t *testing.T) {
 			resp, body, _ := probeGet(t, http.MethodGet, tt.path)
 			if resp.StatusCode != tt.wantCode || !strings.Contains(body, tt.wantBody) {
 				t.Errorf("GET %s = %d %q, want %d with %q", tt.path, resp.StatusCode, body, tt.wantCode, tt.wantBody)
+			}
+			if strings.HasPrefix(tt.wantBody, "ready") && resp.Header.Get("Identity") != "bookstore-v1" {
+				t.Errorf("GET %s: headers %v, want the app's Identity", tt.path, resp.Header)
 			}
 			if tt.appPath == "" {
 				return
