@@ -142,7 +142,8 @@ func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 	}
 	probes, originals := rewriteProbes(out.Spec.Containers)
 	if len(probes) > 0 {
-		args = append(args, "--app-probes", probes.String())
+		// The kubelet expands $(VAR) in args; $$( keeps a path's own literal.
+		args = append(args, "--app-probes", strings.ReplaceAll(probes.String(), "$(", "$$("))
 	}
 	ready := &corev1.Probe{
 		ProbeHandler:     corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(AdminPort)}},

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -134,5 +135,21 @@ func TestMutateNoProbes(t *testing.T) {
 	}
 	if diff := cmp.Diff(pod.Spec.Containers[0].StartupProbe, got.Spec.Containers[0].StartupProbe); diff != "" {
 		t.Errorf("exec probe changed (-want +got):\n%s", diff)
+	}
+}
+
+// The kubelet expands $(VAR) in a container's args: a probe path that holds
+// one reaches the sidecar as written.
+func TestMutateProbePathKeepsDollar(t *testing.T) {
+	pod := bookstorePod()
+	pod.Spec.Containers[0].ReadinessProbe.HTTPGet.Path = "/readiness/$(POD_NAME)"
+	got, err := Mutate(pod, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := got.Spec.InitContainers[0].Args
+	i := slices.Index(args, "--app-probes")
+	if i < 0 || !strings.Contains(args[i+1], `"/readiness/$$(POD_NAME)"`) {
+		t.Errorf("--app-probes %q; want the path with $( escaped as $$(", args[i+1:])
 	}
 }
