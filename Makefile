@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/trellis-mesh/trellis/internal/cli.Version=$(VERSION)
 FUZZTIME ?= 10s
 
-.PHONY: help build demo test test-unit test-e2e fuzz lint proto clean
+.PHONY: help build demo test test-deps test-unit test-e2e fuzz lint proto clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,7 +24,10 @@ lint: ## gofmt and go vet
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
-test-unit: ## unit, golden and loopback integration tests
+test-deps: ## install the Debian packages the tests need (mariadb-server), only what is missing (root)
+	./hack/test-deps.sh
+
+test-unit: test-deps ## unit, golden and loopback integration tests
 	$(GO) test -race -count=1 ./...
 
 fuzz: ## short runs of the fuzz targets

@@ -27,6 +27,10 @@ const (
 	OSMMonitoredBy      = "openservicemesh.io/monitored-by"      // namespace label
 	OSMSidecarInjectKey = "openservicemesh.io/sidecar-injection" // namespace or pod annotation: enabled | disabled
 	InjectedAnnotation  = "trellis.io/injected"                  // set on injected pods
+	// OriginalProbesAnnotation records, on an injected pod, the app
+	// containers' probes as they were before injection moved them to the
+	// sidecar: container name → probe field → its original handler.
+	OriginalProbesAnnotation = "trellis.io/original-probes"
 )
 
 // MetricsAnnotation on a namespace (OSM's, set by trellis metrics enable)
@@ -136,6 +140,11 @@ func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 	if p, ok := appPort(pod); ok {
 		args = append(args, "--app", "127.0.0.1:"+strconv.Itoa(int(p)))
 	}
+	probes, originals := rewriteProbes(out.Spec.Containers)
+	if len(probes) > 0 {
+		// The kubelet expands $(VAR) in args; $$( keeps a path's own literal.
+		args = append(args, "--app-probes", strings.ReplaceAll(probes.String(), "$(", "$$("))
+	}
 	ready := &corev1.Probe{
 		ProbeHandler:     corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(AdminPort)}},
 		PeriodSeconds:    1,
@@ -193,6 +202,13 @@ func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 		out.Annotations = map[string]string{}
 	}
 	out.Annotations[InjectedAnnotation] = "true"
+	if len(originals) > 0 {
+		b, err := json.Marshal(originals)
+		if err != nil {
+			return nil, fmt.Errorf("recording the original probes: %w", err)
+		}
+		out.Annotations[OriginalProbesAnnotation] = string(b)
+	}
 	return out, nil
 }
 

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 )
 
@@ -33,6 +34,13 @@ func bookstorePod() *corev1.Pod {
 				Name: "bookstore", Image: "localhost/trellis/bookstore:dev",
 				Ports: []corev1.ContainerPort{{Name: "web", ContainerPort: 14001}},
 				Env:   []corev1.EnvVar{{Name: "IDENTITY", Value: "bookstore-v1"}},
+				// The demo's probes, which injection moves to the sidecar.
+				LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/liveness", Port: intstr.FromInt32(14001)}},
+					InitialDelaySeconds: 3, PeriodSeconds: 3},
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readiness", Port: intstr.FromString("web"), Scheme: corev1.URISchemeHTTP,
+					HTTPHeaders: []corev1.HTTPHeader{{Name: "Client-App", Value: "kubelet"}}}}, InitialDelaySeconds: 3, PeriodSeconds: 5, TimeoutSeconds: 2},
+				StartupProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/startup", Port: intstr.FromInt32(14001)}},
+					FailureThreshold: 30, PeriodSeconds: 5},
 			}},
 		},
 	}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"sort"
@@ -11,10 +12,17 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/trellis-mesh/trellis/internal/probe"
 )
 
 func (p *Proxy) adminHandler() http.Handler {
 	mux := http.NewServeMux()
+	probes := newProbes(p.opts.AppProbes)
+	if p.Admin != nil {
+		_, probes.adminPort, _ = net.SplitHostPort(p.Admin.String())
+	}
+	mux.Handle(probe.PathPrefix, probes)
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
 		switch {
@@ -29,6 +37,7 @@ func (p *Proxy) adminHandler() http.Handler {
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		p.metrics.WritePrometheus(w)
+		probes.writeMetrics(w)
 		if t := p.creds.NotAfter(); !t.IsZero() {
 			fmt.Fprintf(w, "# HELP trellis_certificate_expiry_timestamp_seconds When the sidecar's workload certificate expires, in seconds since the epoch; renewal is due at two thirds of its life.\n# TYPE trellis_certificate_expiry_timestamp_seconds gauge\ntrellis_certificate_expiry_timestamp_seconds %d\n", t.Unix())
 		}
@@ -55,6 +64,7 @@ func (p *Proxy) serveConfig(w http.ResponseWriter, r *http.Request) {
 		Listeners    map[string]any  `json:"listeners"`
 		Inbound      json.RawMessage `json:"inbound"`
 		Destinations []dest          `json:"destinations"`
+		AppProbes    probe.Table     `json:"app_probes"`
 		Defaults     map[string]any  `json:"defaults"`
 		Process      processInfo     `json:"process"`
 	}{
@@ -66,7 +76,8 @@ func (p *Proxy) serveConfig(w http.ResponseWriter, r *http.Request) {
 		Listeners: map[string]any{
 			"inbound": addrString(p.Inbound), "outbound": addrString(p.Outbound), "admin": addrString(p.Admin), "app": p.opts.AppAddr,
 		},
-		Inbound: json.RawMessage("null"),
+		Inbound:   json.RawMessage("null"),
+		AppProbes: p.opts.AppProbes,
 		Defaults: map[string]any{
 			"drain_timeout":        p.opts.DrainTimeout.String(),
 			"destination_idle":     p.opts.IdleTimeout.String(),

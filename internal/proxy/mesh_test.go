@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/trellis-mesh/trellis/internal/controlplane"
+	"github.com/trellis-mesh/trellis/internal/probe"
 	"github.com/trellis-mesh/trellis/internal/proxy"
 	"github.com/trellis-mesh/trellis/internal/source/local"
 	"github.com/trellis-mesh/trellis/internal/spiffe"
@@ -214,6 +215,7 @@ type sidecarSpec struct {
 	// are in p.TCPForwards.
 	tcpForwards []proxy.TCPForward
 	keyType     spiffe.KeyType // empty: the default, ECDSA P-256
+	appProbes   probe.Table    // the app's probes served on the admin listener
 }
 
 // sidecar is a running trellis-proxy.
@@ -297,6 +299,7 @@ func (m *mesh) startSidecar(reg controlplane.RegisterResponse, spec sidecarSpec)
 		AppAddr:            spec.app,
 		TCPForwards:        spec.tcpForwards,
 		KeyType:            spec.keyType,
+		AppProbes:          spec.appProbes,
 		DrainTimeout:       5 * time.Second,
 		FirstConfigTimeout: 5 * time.Second,
 		AccessLog:          s.access,

@@ -27,6 +27,7 @@ import (
 
 	proxyv1 "github.com/trellis-mesh/trellis/api/proxy/v1"
 	"github.com/trellis-mesh/trellis/internal/authz"
+	"github.com/trellis-mesh/trellis/internal/probe"
 	"github.com/trellis-mesh/trellis/internal/proxy/control"
 	"github.com/trellis-mesh/trellis/internal/proxy/telemetry"
 	"github.com/trellis-mesh/trellis/internal/spiffe"
@@ -58,6 +59,9 @@ type Options struct {
 	// TCPForwards bind local ports, each an opaque TCP stream to one mesh
 	// destination; none by default.
 	TCPForwards []TCPForward
+	// AppProbes are the app's health probes that injection moved to the
+	// admin listener, served at their /app-health/ paths; none by default.
+	AppProbes probe.Table
 
 	// Transparent capture (see package capture): the listeners that
 	// redirected connections arrive on, the app's outbound ones (on
@@ -108,7 +112,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return err
 	})
-	fs.StringVar(&o.CaptureOutboundAddr, "capture-outbound", "", "listen `address` for the app's connections redirected by transparent capture (e.g. 127.0.0.1:15001; empty: none)")
+	fs.StringVar(&o.CaptureOutboundAddr, "capture-outbound", "", "listen `address` for the app's connections redirected by transparent capture (e.g. 127.0.0.1:15002; empty: none)")
 	fs.StringVar(&o.CaptureInboundAddr, "capture-inbound", "", "listen `address` for connections to the app's ports redirected by transparent capture (e.g. 0.0.0.0:15006; empty: none)")
 	fs.Func("socket-mark", "mark every socket the sidecar dials with this `number` (SO_MARK), as capture rules exclude it; needs CAP_NET_ADMIN", func(v string) error {
 		m, err := strconv.ParseUint(v, 0, 32)
@@ -117,6 +121,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		o.SocketMark = uint32(m)
 		return nil
+	})
+	fs.Func("app-probes", "serve the app's health probes on the admin listener: `JSON` of /app-health/<container>/<kind> to {scheme, port, path, timeoutSeconds} (set by injection)", func(v string) (err error) {
+		o.AppProbes, err = probe.Parse(v)
+		return err
 	})
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	accessLog := fs.Bool("access-log", true, "write JSON access log lines to stdout")
