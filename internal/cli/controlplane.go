@@ -27,6 +27,7 @@ type controlPlaneOptions struct {
 	kubernetes                                     bool
 	kubeconfig, namespace, healthAddr, webhookAddr string
 	proxyImage, injectControlPlane                 string
+	captureImage                                   string
 }
 
 func newControlPlaneCmd(g *globals) *cobra.Command {
@@ -77,6 +78,7 @@ stays in the state directory.`,
 	f.StringVar(&o.healthAddr, "health-listen", ":9091", "with --kubernetes: `address` of /healthz and /readyz")
 	f.StringVar(&o.webhookAddr, "webhook-listen", ":9443", "with --kubernetes and --proxy-image: `address` of the injection webhook (HTTPS, /mutate)")
 	f.StringVar(&o.proxyImage, "proxy-image", "", "with --kubernetes: the sidecar `image` to inject; empty: no injection webhook")
+	f.StringVar(&o.captureImage, "capture-image", "", "with --kubernetes and --proxy-image: the `image` of trellis-capture, injected as an init container that programs transparent capture; empty: no capture")
 	f.StringVar(&o.injectControlPlane, "inject-control-plane", "", "with --kubernetes: the `address` injected sidecars reach the control plane at; default: its Service's ClusterIP, port 15128")
 	return cmd
 }
@@ -97,7 +99,7 @@ func (o *controlPlaneOptions) runKube(cmd *cobra.Command, log *slog.Logger) erro
 	return controlplane.RunKube(cmd.Context(), controlplane.KubeOptions{
 		StateDir: o.stateDir, GRPCAddr: o.grpcAddr, HealthAddr: o.healthAddr, WebhookAddr: o.webhookAddr,
 		Client: client, Dynamic: dyn, Namespace: o.namespace, LeafTTL: o.leafTTL, Logger: log,
-		Inject: inject.Config{ProxyImage: o.proxyImage, ControlPlane: o.injectControlPlane},
+		Inject: inject.Config{ProxyImage: o.proxyImage, ControlPlane: o.injectControlPlane, CaptureImage: o.captureImage},
 	})
 }
 

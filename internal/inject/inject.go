@@ -73,6 +73,10 @@ type Config struct {
 	PullPolicy corev1.PullPolicy
 	// TokenSeconds is the projected token's lifetime; default 3600.
 	TokenSeconds int64
+	// CaptureImage holds trellis-capture, for the init container that
+	// programs transparent capture; empty: no capture, the app reaches the
+	// mesh through HTTP_PROXY only.
+	CaptureImage string
 }
 
 // Decision says whether a pod is injected and why.
@@ -88,7 +92,7 @@ type Decision struct {
 // it is.
 func Decide(pod *corev1.Pod, ns *corev1.Namespace) Decision {
 	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
-		if c.Name == ProxyContainer {
+		if c.Name == ProxyContainer || c.Name == CaptureContainer {
 			return Decision{false, "already injected"}
 		}
 	}
@@ -113,9 +117,9 @@ func Decide(pod *corev1.Pod, ns *corev1.Namespace) Decision {
 	return Decision{false, "namespace " + ns.Name + " is not in the mesh"}
 }
 
-// Mutate returns the injected pod: the sidecar first among the init
-// containers, its volumes, and HTTP_PROXY for the app containers. It does not
-// change pod.
+// Mutate returns the injected pod: the capture init container (with a
+// capture image) and the sidecar first among the init containers, its
+// volumes, and HTTP_PROXY for the app containers. It does not change pod.
 func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 	if cfg.ProxyImage == "" || cfg.ControlPlane == "" {
 		return nil, fmt.Errorf("injection is not configured: a proxy image and the control plane's address are required")
@@ -139,6 +143,17 @@ func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 	}
 	if p, ok := appPort(pod); ok {
 		args = append(args, "--app", "127.0.0.1:"+strconv.Itoa(int(p)))
+	}
+	captured := captureWanted(pod, cfg)
+	var capInit corev1.Container
+	if captured {
+		var err error
+		if capInit, err = captureContainer(pod, cfg); err != nil {
+			return nil, err
+		}
+		args = append(args,
+			"--capture-outbound", "127.0.0.1:"+strconv.Itoa(CaptureOutboundPort),
+			"--capture-inbound", "0.0.0.0:"+strconv.Itoa(CaptureInboundPort))
 	}
 	probes, originals := rewriteProbes(out.Spec.Containers)
 	if len(probes) > 0 {
@@ -174,13 +189,19 @@ func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 		},
 		SecurityContext: &corev1.SecurityContext{
 			RunAsNonRoot:             ptr(true),
-			RunAsUser:                ptr(int64(1500)),
+			RunAsUser:                ptr(int64(ProxyUID)),
 			AllowPrivilegeEscalation: ptr(false),
 			ReadOnlyRootFilesystem:   ptr(true),
 			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		},
 	}
-	out.Spec.InitContainers = append([]corev1.Container{sidecar}, out.Spec.InitContainers...)
+	first := []corev1.Container{sidecar}
+	if captured {
+		// Capture is programmed before the sidecar starts, so nothing the
+		// pod sends slips past it.
+		first = []corev1.Container{capInit, sidecar}
+	}
+	out.Spec.InitContainers = append(first, out.Spec.InitContainers...)
 	exp := cfg.TokenSeconds
 	out.Spec.Volumes = append(out.Spec.Volumes,
 		corev1.Volume{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{

@@ -19,6 +19,7 @@ func helmTemplate() string {
 		"{{.Namespace}}", "{{ .Values.namespace }}",
 		"{{.Image}}", "{{ .Values.image }}",
 		"{{.ProxyImage}}", "{{ .Values.proxyImage }}",
+		"{{.CaptureImage}}", "{{ .Values.captureImage }}",
 		"{{.PullPolicy}}", "{{ .Values.pullPolicy }}",
 		"{{.LogLevel}}", "{{ .Values.logLevel }}",
 	).Replace(installYAML)

@@ -19,25 +19,29 @@ type Values struct {
 	Namespace  string // trellis-system
 	Image      string // the trellis image (control plane)
 	ProxyImage string // the sidecar image
-	PullPolicy string // IfNotPresent
-	LogLevel   string // info
+	// CaptureImage holds trellis-capture, the init container that programs
+	// transparent capture in meshed pods; empty: no capture.
+	CaptureImage string
+	PullPolicy   string // IfNotPresent
+	LogLevel     string // info
 }
 
 // DefaultValues returns the defaults of `trellis install`.
 func DefaultValues() Values {
 	return Values{
-		Namespace:  "trellis-system",
-		Image:      "localhost/trellis/trellis:dev",
-		ProxyImage: "localhost/trellis/proxy:dev",
-		PullPolicy: "IfNotPresent",
-		LogLevel:   "info",
+		Namespace:    "trellis-system",
+		Image:        "localhost/trellis/trellis:dev",
+		ProxyImage:   "localhost/trellis/proxy:dev",
+		CaptureImage: "localhost/trellis/capture:dev",
+		PullPolicy:   "IfNotPresent",
+		LogLevel:     "info",
 	}
 }
 
 // valueKeys maps the keys --set accepts to the fields they set.
 func (v *Values) fields() map[string]*string {
 	return map[string]*string{
-		"namespace": &v.Namespace, "image": &v.Image, "proxyImage": &v.ProxyImage,
+		"namespace": &v.Namespace, "image": &v.Image, "proxyImage": &v.ProxyImage, "captureImage": &v.CaptureImage,
 		"pullPolicy": &v.PullPolicy, "logLevel": &v.LogLevel,
 	}
 }
