@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -56,7 +57,7 @@ func startMesh(t *testing.T, c *kubetest.Cluster, namespaces ...string) *mesh {
 	gl.Close()
 	m := &mesh{c: c}
 	m.info, _ = c.ControlPlane(t, controlplane.KubeOptions{StateDir: state, GRPCAddr: grpcAddr, Namespace: namespaces[0], IPs: []net.IP{net.ParseIP(nodeIP)},
-		Inject: inject.Config{ProxyImage: "localhost/trellis/proxy:dev", ControlPlane: grpcAddr, PullPolicy: corev1.PullNever}})
+		Inject: inject.Config{ProxyImage: "localhost/trellis/proxy:dev", CaptureImage: "localhost/trellis/capture:dev", ControlPlane: grpcAddr, PullPolicy: corev1.PullNever}})
 	rootPEM, err := os.ReadFile(filepath.Join(state, "ca", "root.crt"))
 	if err != nil {
 		t.Fatal(err)
@@ -110,6 +111,10 @@ func (m *mesh) app(t *testing.T, ns, name, account string, labels map[string]str
 	}
 	if port != 0 {
 		pod.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "web", ContainerPort: port}}
+	} else {
+		// A client's stats page (8080) is read by the test from the node,
+		// outside the mesh: inbound capture leaves it alone.
+		pod.Annotations = map[string]string{inject.InboundPortExclusionAnnotation: "8080"}
 	}
 	if _, err := m.c.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("pod %s/%s: %v", ns, name, err)
@@ -201,7 +206,7 @@ func TestBookstoreOnCluster(t *testing.T) {
 	m.app(t, buyer, "bookbuyer", "bookbuyer", nil, 0, "bookbuyer", "--listen", "0.0.0.0:8080", "--bookstore", storeURL)
 	m.app(t, thief, "bookthief", "bookthief", nil, 0, "bookthief", "--listen", "0.0.0.0:8080", "--bookstore", storeURL)
 	m.waitRunning(t, warehouse, "bookwarehouse")
-	m.waitRunning(t, store, "bookstore-v1")
+	storeIP := m.waitRunning(t, store, "bookstore-v1")
 	buyerIP := m.waitRunning(t, buyer, "bookbuyer")
 	thiefIP := m.waitRunning(t, thief, "bookthief")
 
@@ -236,6 +241,31 @@ spec:
 	}
 	kubetest.Eventually(t, 30*time.Second, "bookbuyer denied in strict mode", deniedNow(buyerIP, "bookbuyer"))
 	kubetest.Eventually(t, 30*time.Second, "bookthief denied in strict mode", deniedNow(thiefIP, "bookthief"))
+
+	// Transparent capture closes the app's own port to callers outside the
+	// mesh: this test, on the node, dials bookstore's app port directly; the
+	// connection is captured, refused under strict mTLS and counted.
+	plain := func() float64 {
+		return counter(t, storeIP, "trellis_connections_refused_total", map[string]string{"direction": "inbound", "reason": "plaintext"})
+	}
+	plainBefore := plain()
+	if conn, err := net.DialTimeout("tcp", net.JoinHostPort(storeIP, "14001"), 3*time.Second); err != nil {
+		t.Errorf("dial bookstore's app port %s:14001: %v; want it captured (accepted, then closed)", storeIP, err)
+	} else {
+		conn.Write([]byte("GET /books-bought HTTP/1.1\r\nHost: bookstore\r\n\r\n"))
+		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		b, _ := io.ReadAll(conn)
+		conn.Close()
+		if len(b) > 0 {
+			t.Errorf("a plaintext caller outside the mesh read %q from bookstore's app port, want nothing under strict mTLS", b)
+		}
+	}
+	kubetest.Eventually(t, 10*time.Second, "the plaintext caller counted as refused", func() error {
+		if n := plain(); n <= plainBefore {
+			return fmt.Errorf("bookstore's sidecar counts %v plaintext refusals, want more than %v", n, plainBefore)
+		}
+		return nil
+	})
 
 	// The walk-through's TrafficTarget and HTTPRouteGroup, for bookbuyer only.
 	c.Apply(t, `apiVersion: specs.smi-spec.io/v1alpha4
@@ -402,6 +432,13 @@ spec:
 // given labels, read from its admin port in the pod.
 func requests(t *testing.T, podIP string, want map[string]string) float64 {
 	t.Helper()
+	return counter(t, podIP, "trellis_requests_total", want)
+}
+
+// counter sums a sidecar's counter family over the series whose labels
+// include want.
+func counter(t *testing.T, podIP, family string, want map[string]string) float64 {
+	t.Helper()
 	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{Proxy: nil}}
 	resp, err := hc.Get("http://" + net.JoinHostPort(podIP, "15000") + "/metrics")
 	if err != nil {
@@ -414,7 +451,7 @@ func requests(t *testing.T, podIP string, want map[string]string) float64 {
 		t.Fatalf("sidecar metrics at %s do not parse: %v", podIP, err)
 	}
 	var sum float64
-	for _, m := range fams["trellis_requests_total"].GetMetric() {
+	for _, m := range fams[family].GetMetric() {
 		labels := map[string]string{}
 		for _, l := range m.GetLabel() {
 			labels[l.GetName()] = l.GetValue()
