@@ -135,7 +135,7 @@ func TestInstallUninstall(t *testing.T) {
 		return nil
 	})
 	pods, err := c.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "job-name=once"})
-	if err != nil || len(pods.Items) != 1 || len(pods.Items[0].Spec.InitContainers) == 0 || pods.Items[0].Spec.InitContainers[0].Name != inject.ProxyContainer {
+	if err != nil || len(pods.Items) != 1 || !injected(&pods.Items[0]) {
 		t.Errorf("the Job's pod was not meshed: %v %+v", err, pods)
 	}
 	if got := pods.Items[0].Annotations["prometheus.io/scrape"]; got != "true" {

@@ -142,10 +142,17 @@ func (m *mesh) waitRunning(t *testing.T, ns, name string) string {
 		if err != nil {
 			return err
 		}
-		if len(p.Spec.InitContainers) == 0 || p.Spec.InitContainers[0].Name != inject.ProxyContainer {
-			return fmt.Errorf("not injected")
+		if !injected(p) {
+			return fmt.Errorf("not injected: init containers %v", containerNames(p.Spec.InitContainers))
 		}
 		for _, st := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+			if st.Name == inject.CaptureContainer {
+				// Runs once, before the sidecar: done, and done well.
+				if st.State.Terminated == nil || st.State.Terminated.ExitCode != 0 {
+					return fmt.Errorf("container %s: %+v", st.Name, st.State)
+				}
+				continue
+			}
 			if st.State.Running == nil || !st.Ready && st.Name != name {
 				return fmt.Errorf("container %s: %+v", st.Name, st.State)
 			}
@@ -157,6 +164,24 @@ func (m *mesh) waitRunning(t *testing.T, ns, name string) string {
 		return nil
 	})
 	return ip
+}
+
+// injected says whether the pod has the sidecar among its init containers.
+func injected(p *corev1.Pod) bool {
+	for _, c := range p.Spec.InitContainers {
+		if c.Name == inject.ProxyContainer {
+			return true
+		}
+	}
+	return false
+}
+
+func containerNames(cs []corev1.Container) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.Name)
+	}
+	return out
 }
 
 // stats reads a demo client's counters from its stats page in the pod.
