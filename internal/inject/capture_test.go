@@ -107,3 +107,24 @@ func TestMutateCaptureOptOutAndBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestMutatePreStop: each app container keeps serving WithdrawSeconds after
+// its pod is deleted, unless it has a preStop of its own, which is kept.
+func TestMutatePreStop(t *testing.T) {
+	pod := bookstorePod()
+	own := &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"/drain"}}}
+	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "own", Image: "x", Lifecycle: &corev1.Lifecycle{PreStop: own}})
+	out, err := Mutate(pod, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range out.Spec.Containers {
+		ps := c.Lifecycle.PreStop
+		switch {
+		case c.Name == "own" && ps.Exec == nil:
+			t.Errorf("container own: its preStop was replaced by %+v", ps)
+		case c.Name != "own" && (ps.Sleep == nil || ps.Sleep.Seconds != WithdrawSeconds):
+			t.Errorf("container %s: preStop %+v, want a %d s sleep", c.Name, ps, WithdrawSeconds)
+		}
+	}
+}

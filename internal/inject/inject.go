@@ -56,6 +56,10 @@ const (
 	TokenAudience     = "trellis"
 )
 
+// WithdrawSeconds is how long an app keeps serving after its pod is deleted,
+// while callers learn that its endpoint is gone (the injected preStop sleep).
+const WithdrawSeconds = 2
+
 // Sidecar ports in the pod.
 const (
 	AdminPort    = 15000
@@ -214,6 +218,16 @@ func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 	proxyURL := "http://127.0.0.1:" + strconv.Itoa(OutboundPort)
 	for i := range out.Spec.Containers {
 		c := &out.Spec.Containers[i]
+		// Withdraw first, stop after: a deleted pod leaves the mesh's
+		// endpoints at once, and its app keeps serving WithdrawSeconds
+		// longer, while callers' sidecars learn of it, before the kubelet
+		// sends it SIGTERM. A preStop of the user's own is left as it is.
+		if c.Lifecycle == nil || c.Lifecycle.PreStop == nil {
+			if c.Lifecycle == nil {
+				c.Lifecycle = &corev1.Lifecycle{}
+			}
+			c.Lifecycle.PreStop = &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: WithdrawSeconds}}
+		}
 		c.Env = setEnvDefault(c.Env, "HTTP_PROXY", proxyURL)
 		c.Env = setEnvDefault(c.Env, "http_proxy", proxyURL)
 		c.Env = setEnvDefault(c.Env, "NO_PROXY", "localhost,127.0.0.1,::1")

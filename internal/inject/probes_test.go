@@ -108,9 +108,11 @@ func TestOriginalProbesRestore(t *testing.T) {
 				}
 			}
 		}
-		// Injection also adds the proxy environment; only the probes are compared.
+		// Injection also adds the proxy environment and the withdrawal
+		// preStop; only the probes are compared.
 		for i := range restored {
 			restored[i].Env = pod.Spec.Containers[i].Env
+			restored[i].Lifecycle = pod.Spec.Containers[i].Lifecycle
 		}
 		if diff := cmp.Diff(pod.Spec.Containers, restored); diff != "" {
 			t.Errorf("pod %s: containers with the recorded probes put back (-original +restored):\n%s", pod.Name+pod.GenerateName, diff)
