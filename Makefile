@@ -57,7 +57,7 @@ cluster-down: ## tear the test cluster down, leaving nothing behind
 e2e-kube: ## bring the test cluster up, run the Kubernetes tests against it, tear it down (root)
 	./test/cluster/up.sh
 	./test/cluster/images.sh || { ./test/cluster/down.sh; exit 1; }
-	TRELLIS_TEST_KUBECONFIG=$(CLUSTER_DIR)/kubeconfig TRELLIS_TEST_IMAGES=1 $(GO) test -p 1 -count=1 $(KUBE_TESTS); \
+	TRELLIS_TEST_KUBECONFIG=$(CLUSTER_DIR)/kubeconfig TRELLIS_TEST_KUBECTL=$(CLUSTER_DIR)/kubectl TRELLIS_TEST_IMAGES=1 $(GO) test -p 1 -count=1 $(KUBE_TESTS); \
 	  rc=$$?; ./test/cluster/down.sh; exit $$rc
 
 # Benchmarks (bench/): not part of `make test`. `bench` runs the full comparison

@@ -208,6 +208,7 @@ EOF
 write_configs() {
 	mkdir -p "$RUN_DIR/etc" "$RUN_DIR/cni/net.d" "$RUN_DIR/pod-logs" "$RUN_DIR/kubelet"
 	kubeconfig "$KUBECONFIG_FILE" admin
+	ln -sf "$K8S_BIN/kubectl" "$RUN_DIR/kubectl" # the cluster's own kubectl, for tests
 	kubeconfig "$RUN_DIR/etc/controller-manager.kubeconfig" controller-manager
 	kubeconfig "$RUN_DIR/etc/scheduler.kubeconfig" scheduler
 	kubeconfig "$RUN_DIR/etc/kubelet.kubeconfig" kubelet-client

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -247,7 +249,7 @@ func TestBookstoreOnCluster(t *testing.T) {
 	})
 
 	// Strict mode: both clients denied.
-	c.Apply(t, `apiVersion: config.openservicemesh.io/v1alpha2
+	kubetest.KubectlApply(t, `apiVersion: config.openservicemesh.io/v1alpha2
 kind: MeshConfig
 metadata: {name: osm-mesh-config, namespace: `+store+`}
 spec:
@@ -293,7 +295,7 @@ spec:
 	})
 
 	// The walk-through's TrafficTarget and HTTPRouteGroup, for bookbuyer only.
-	c.Apply(t, `apiVersion: specs.smi-spec.io/v1alpha4
+	kubetest.KubectlApply(t, `apiVersion: specs.smi-spec.io/v1alpha4
 kind: HTTPRouteGroup
 metadata: {name: bookstore-service-routes, namespace: `+store+`}
 spec:
@@ -308,7 +310,7 @@ spec:
     pathRegex: ".*a-book.*new"
     methods: [GET]
 `)
-	c.Apply(t, `apiVersion: access.smi-spec.io/v1alpha3
+	kubetest.KubectlApply(t, `apiVersion: access.smi-spec.io/v1alpha3
 kind: TrafficTarget
 metadata: {name: bookstore, namespace: `+store+`}
 spec:
@@ -386,7 +388,7 @@ spec:
 	}
 
 	// bookstore v2 joins; the split moves the traffic, 50/50 then all to v2.
-	c.Apply(t, `apiVersion: access.smi-spec.io/v1alpha3
+	kubetest.KubectlApply(t, `apiVersion: access.smi-spec.io/v1alpha3
 kind: TrafficTarget
 metadata: {name: bookstore-v2, namespace: `+store+`}
 spec:
@@ -398,9 +400,34 @@ spec:
   sources:
   - {kind: ServiceAccount, name: bookbuyer, namespace: `+buyer+`}
 `)
-	m.app(t, store, "bookstore-v2", "bookstore-v2", map[string]string{"app": "bookstore", "version": "v2"}, 14001,
-		"bookstore", "--listen", "127.0.0.1:14001", "--version", "v2", "--warehouse", warehouseURL)
-	m.waitRunning(t, store, "bookstore-v2")
+	// As in the walk-through, v2 arrives as a ServiceAccount and a
+	// Deployment applied with kubectl; two replicas, so that one can be
+	// deleted later with the other serving.
+	kubetest.KubectlApply(t, fmt.Sprintf(`apiVersion: v1
+kind: ServiceAccount
+metadata: {name: bookstore-v2, namespace: %[1]s}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: bookstore-v2, namespace: %[1]s}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: bookstore, version: v2}
+  template:
+    metadata:
+      labels: {app: bookstore, version: v2}
+    spec:
+      serviceAccountName: bookstore-v2
+      terminationGracePeriodSeconds: 10
+      containers:
+      - name: bookstore
+        image: localhost/trellis/trellis:dev
+        imagePullPolicy: Never
+        args: [demo-app, bookstore, --listen, 127.0.0.1:14001, --version, v2, --warehouse, %[2]s]
+        ports: [{name: web, containerPort: 14001}]
+`, store, warehouseURL))
+	v2Pods := m.waitDeployment(t, store, "app=bookstore,version=v2", 2)
 	split := func(v1, v2 int) string {
 		return fmt.Sprintf(`apiVersion: split.smi-spec.io/v1alpha2
 kind: TrafficSplit
@@ -421,7 +448,7 @@ spec:
 		}
 		return float64(b.ServedBy["bookstore-v2"]-a.ServedBy["bookstore-v2"]) / float64(n), n
 	}
-	c.Apply(t, split(50, 50))
+	kubetest.KubectlApply(t, split(50, 50))
 	kubetest.Eventually(t, 30*time.Second, "a 50/50 split", func() error {
 		if sh, n := share(3 * time.Second); n < 20 || sh < 0.3 || sh > 0.7 {
 			return fmt.Errorf("bookstore-v2 served %.0f%% of %d requests, want 30-70%%", 100*sh, n)
@@ -430,10 +457,7 @@ spec:
 	})
 	before := stats(t, buyerIP)
 	applied := time.Now()
-	if err := c.Dynamic.Resource(c.GVR(t, "TrafficSplit")).Namespace(store).Delete(context.Background(), "bookstore-split", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	c.Apply(t, split(0, 100))
+	kubetest.KubectlApply(t, split(0, 100)) // kubectl apply updates the split in place
 	// The split has moved once a window of requests all went to v2.
 	var took time.Duration
 	kubetest.Eventually(t, 30*time.Second, "all traffic on bookstore-v2", func() error {
@@ -451,6 +475,67 @@ spec:
 	if after.Failed != before.Failed || after.Denied != before.Denied {
 		t.Errorf("requests failed while the split moved: failed %d→%d, denied %d→%d (reasons %v)", before.Failed, after.Failed, before.Denied, after.Denied, after.Reasons)
 	}
+
+	// A v2 pod is deleted with all traffic on v2: its endpoint leaves the
+	// mesh at once, its app serves out the injected preStop while callers
+	// learn of it, and the other replica takes the requests. The Deployment
+	// brings a new pod. No request fails: Trellis retries nothing, so the
+	// retry budget is zero.
+	before = stats(t, buyerIP)
+	kubetest.Kubectl(t, "", "delete", "pod", "-n", store, v2Pods[0], "--wait=false")
+	kubetest.Eventually(t, 60*time.Second, "the deleted v2 pod replaced", func() error {
+		pods := m.deploymentPods(t, store, "app=bookstore,version=v2")
+		if len(pods) != 2 || slices.Contains(pods, v2Pods[0]) {
+			return fmt.Errorf("v2 pods running and ready: %v", pods)
+		}
+		return nil
+	})
+	if sh, n := share(3 * time.Second); n < 20 || sh < 0.99 {
+		t.Errorf("after the pod deletion, bookstore-v2 served %.1f%% of %d requests, want >= 99%%", 100*sh, n)
+	}
+	after = stats(t, buyerIP)
+	if after.Failed != before.Failed || after.Denied != before.Denied || after.OK-before.OK < 20 {
+		t.Errorf("around the deletion of %s: failed %d→%d, denied %d→%d, served %d (reasons %v); want none failed", v2Pods[0], before.Failed, after.Failed, before.Denied, after.Denied, after.OK-before.OK, after.Reasons)
+	}
+}
+
+// deploymentPods lists the running pods matching selector whose containers
+// are all ready and that are not being deleted.
+func (m *mesh) deploymentPods(t *testing.T, ns, selector string) []string {
+	t.Helper()
+	pods, err := m.c.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || !injected(&p) {
+			continue
+		}
+		ready := len(p.Status.ContainerStatuses) > 0
+		for _, st := range p.Status.ContainerStatuses {
+			ready = ready && st.Ready
+		}
+		if ready {
+			out = append(out, p.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// waitDeployment waits until n meshed pods matching selector run ready, and
+// returns their names.
+func (m *mesh) waitDeployment(t *testing.T, ns, selector string, n int) []string {
+	t.Helper()
+	var pods []string
+	kubetest.Eventually(t, 90*time.Second, fmt.Sprintf("%d ready meshed pods %s in %s", n, selector, ns), func() error {
+		if pods = m.deploymentPods(t, ns, selector); len(pods) != n {
+			return fmt.Errorf("ready: %v", pods)
+		}
+		return nil
+	})
+	return pods
 }
 
 // requests sums a sidecar's trellis_requests_total over the series with the

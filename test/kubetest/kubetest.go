@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -201,6 +203,33 @@ func (c *Cluster) Apply(t *testing.T, doc string) {
 	if _, err := c.Dynamic.Resource(gvr).Namespace(u.GetNamespace()).Create(context.Background(), u, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create %s %s/%s: %v", u.GetKind(), u.GetNamespace(), u.GetName(), err)
 	}
+}
+
+// KubectlEnv names the cluster's kubectl (test/cluster links it; `make
+// e2e-kube` sets it), with which tests apply YAML as users do.
+const KubectlEnv = "TRELLIS_TEST_KUBECTL"
+
+// Kubectl runs the cluster's kubectl with the test cluster's kubeconfig and
+// stdin as its input, and returns its output; it fails the test on error.
+func Kubectl(t *testing.T, stdin string, args ...string) string {
+	t.Helper()
+	bin := os.Getenv(KubectlEnv)
+	if bin == "" {
+		t.Fatalf("no kubectl: set $%s (make e2e-kube does)", KubectlEnv)
+	}
+	cmd := exec.Command(bin, append([]string{"--kubeconfig", os.Getenv(KubeconfigEnv)}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// KubectlApply applies YAML with `kubectl apply -f -`, as a user would.
+func KubectlApply(t *testing.T, doc string) {
+	t.Helper()
+	Kubectl(t, doc, "apply", "-f", "-")
 }
 
 // GVR is the resource of one of Trellis's custom kinds.
