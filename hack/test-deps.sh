@@ -4,7 +4,8 @@
 # services from starting: the tests start what they need themselves.
 #   mariadb-server   mariadbd and mariadb-install-db, for the MariaDB test in
 #                    internal/proxy (a server-first protocol behind two sidecars)
-# Safe to run again: a second run installs nothing. `make test-deps` runs it.
+# Safe to run again: a second run installs nothing. `make test-deps` runs it;
+# `make test-unit` runs that first. Not root, it only warns.
 set -euo pipefail
 
 # Each command the tests run and the Debian package that provides it.
@@ -22,8 +23,10 @@ if ((${#missing[@]} == 0)); then
 fi
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 if [[ $(id -u) -ne 0 ]]; then
-	echo "test-deps: ${missing[*]} missing; install them (apt-get install ${missing[*]}) or run as root" >&2
-	exit 1
+	# Not root: nothing can be installed. The tests that need these skip and
+	# say so; as root (CI) they are installed, and a test fails without them.
+	echo "test-deps: ${missing[*]} missing and not root, so not installed; the tests that need them will skip (apt-get install ${missing[*]}, or run make test as root)" >&2
+	exit 0
 fi
 echo "test-deps: installing ${missing[*]} from Debian's packages" >&2
 # Keep the packages' own services (mariadb) from starting on install.
