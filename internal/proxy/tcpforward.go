@@ -103,13 +103,5 @@ func (p *Proxy) forwardTCP(ctx context.Context, down net.Conn, authority string)
 	// The balancer learns the time to connect, not how long the app keeps
 	// the connection.
 	done(time.Since(picked), false)
-	if !p.streams.add(down) {
-		up.Close()
-		return
-	}
-	defer p.streams.done(down)
-	p.metrics.ConnOpened(l)
-	sent, received := pipe(down, up)
-	p.metrics.TCP(l, sent, received)
-	p.metrics.ConnClosed(l)
+	p.carry(down, up, l)
 }

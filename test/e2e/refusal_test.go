@@ -14,8 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"regexp"
-	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -67,20 +66,14 @@ func foreignClientCert(t *testing.T) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{leafDER, caDER}, PrivateKey: leafKey}
 }
 
-var refusedRe = regexp.MustCompile(`trellis_connections_refused_total\{direction="inbound",reason="([a-z_]+)"\} (\d+)`)
-
+// refusedCounts returns a sidecar's inbound refusals by reason.
 func refusedCounts(t *testing.T, admin string) map[string]int {
 	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	m := map[string]int{}
-	for _, g := range refusedRe.FindAllStringSubmatch(string(b), -1) {
-		n, _ := strconv.Atoi(g[2])
-		m[g[1]] = n
+	for k, n := range refusals(t, admin) {
+		if reason, ok := strings.CutPrefix(k, "inbound/"); ok {
+			m[reason] = n
+		}
 	}
 	return m
 }
