@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,6 +20,10 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/capture"
 	"github.com/trellis-mesh/trellis/internal/netns"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // needNetns skips a test that makes network namespaces where it cannot.
@@ -336,4 +341,91 @@ spec:
     enablePermissiveTrafficPolicyMode: false
     enableEgress: %v
 `, egress)
+}
+
+// TestCaptureGRPC: a grpc-go client in a namespace of its own dials a
+// service's virtual address with no proxy setting; capture takes the h2c
+// connection, detection sees the HTTP/2 preface, and the call (unary, then a
+// server stream) crosses both sidecars to a grpc-go server, with grpc_status
+// in the client sidecar's metrics.
+func TestCaptureGRPC(t *testing.T) {
+	needNetns(t)
+	state := t.TempDir()
+	controlPlane(t, state)
+	dumpLogsOnFailure(t, state)
+	start(t, state, "run", "--isolation", "netns", "-n", "shop", "--account", "checkout",
+		"--service", "checkout:9000/grpc", "--port", "9000", "--", "sleep", "600")
+	var server workload
+	waitFor(t, 30*time.Second, "the server's namespace", func() bool {
+		server = workloads(t, state)["checkout"]
+		return server.AdminAddress != ""
+	})
+	var ln net.Listener
+	if err := capture.InNamespace(nsOf(t, server.AdminAddress), func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:9000"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	go gs.Serve(ln)
+	t.Cleanup(gs.Stop)
+
+	start(t, state, "run", "--isolation", "netns", "-n", "shop", "--account", "web", "--", "sleep", "600")
+	var client workload
+	waitFor(t, 30*time.Second, "the client's sidecar", func() bool {
+		client = workloads(t, state)["web"]
+		if client.AdminAddress == "" {
+			return false
+		}
+		resp, err := http.Get("http://" + client.AdminAddress + "/ready")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil && resp.StatusCode == 200
+	})
+	clientNS := nsOf(t, client.AdminAddress)
+	target := netip.AddrPortFrom(serviceAddr(t, state, "shop/checkout"), 9000).String()
+	cc, err := grpc.NewClient("passthrough:///"+target,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (c net.Conn, err error) {
+			err = capture.InNamespace(clientNS, func() (err error) {
+				c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+				return err
+			})
+			return c, err
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	hc := healthpb.NewHealthClient(cc)
+	var last error
+	waitFor(t, 30*time.Second, "a gRPC call through capture", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		last = err
+		return err == nil && r.GetStatus() == healthpb.HealthCheckResponse_SERVING
+	})
+	if last != nil {
+		t.Fatal(last)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	w, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := w.Recv(); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("server stream through capture: %v, %v", r, err)
+	}
+	cancel()
+	resp, err := http.Get("http://" + client.AdminAddress + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !regexp.MustCompile(`trellis_requests_total\{direction="outbound"[^}]*destination_service="checkout.shop"[^}]*response_code="200",grpc_status="0"`).Match(b) {
+		t.Errorf("the client sidecar counted no gRPC OK to checkout.shop:\n%s", b)
+	}
 }
