@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/trellis-mesh/trellis/internal/controlplane"
+	"github.com/trellis-mesh/trellis/internal/model"
 )
 
 type checkOptions struct {
@@ -40,8 +41,9 @@ func newCheckCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "Check the mesh's health: control plane, resources, sidecars, certificates",
-		Long: `Checks that the control plane answers, lists resources with problems (stored but partly
-ignored), and for every registered workload checks that its sidecar is connected and ready,
+		Long: `Checks that the control plane answers, shows the mesh settings in force (and a MeshConfig's
+tracing settings, stored but not yet used), lists resources with problems (stored but partly
+ignored, and MeshConfig fields not used yet), and for every registered workload checks that its sidecar is connected and ready,
 holds the inbound policy version the control plane has compiled for it now, and has a
 certificate that is not about to expire.
 
@@ -90,6 +92,7 @@ func (o *checkOptions) run(ctx context.Context, w io.Writer) error {
 		return o.report(w, res)
 	}
 	add("control plane", c.Info.Admin, checkOK, "serving snapshot %s to %d sidecar streams", st.Snapshot, st.Server.Streams)
+	res = append(res, meshChecks(st.Mesh)...)
 	for _, p := range st.Problems {
 		add("resources", p.Object, checkWarn, "%s", p.Error())
 	}
@@ -163,4 +166,51 @@ func (o *checkOptions) report(w io.Writer, res []CheckResult) error {
 		}
 	}
 	return nil
+}
+
+// meshChecks reports the mesh-wide settings in force, and the tracing
+// settings a MeshConfig holds, which Trellis stores but does not use yet.
+func meshChecks(m model.MeshSettings) []CheckResult {
+	src := m.Source
+	if src == "" {
+		src = "no MeshConfig, OSM's defaults"
+	}
+	mode := "strict (TrafficTargets allow)"
+	if m.Permissive {
+		mode = "permissive"
+	}
+	egress := "off"
+	if m.Egress {
+		egress = "on"
+	}
+	validity := "24h (the control plane's default)"
+	if m.CertValidity > 0 {
+		validity = m.CertValidity.String()
+	}
+	levels := func(l, own string) string {
+		if l == "" {
+			return own
+		}
+		return l
+	}
+	res := []CheckResult{{Check: "mesh config", Object: m.Source, Result: checkOK, Detail: fmt.Sprintf(
+		"%s: traffic policy %s, egress %s, certificates valid %s, sidecar log level %s, control-plane log level %s",
+		src, mode, egress, validity, levels(m.SidecarLogLevel, "each sidecar's --log-level"), levels(m.ControlPlaneLogLevel, "its --log-level"))}}
+	if t := m.Tracing; t != (model.Tracing{}) {
+		r := CheckResult{Check: "tracing", Object: m.Source, Result: checkOK}
+		if t.Enable {
+			r.Result = checkWarn // asked for, not delivered
+		}
+		r.Detail = fmt.Sprintf("stored, not yet used: enable %t, collector %s port %d endpoint %s; sidecars export no spans yet",
+			t.Enable, orNone(t.Address), t.Port, orNone(t.Endpoint))
+		res = append(res, r)
+	}
+	return res
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
 }

@@ -50,6 +50,9 @@ type KubeOptions struct {
 	Inject      inject.Config
 	LeafTTL     time.Duration
 	Logger      *slog.Logger
+	// LogLevel, if set, is the level Logger's handler logs at; the MeshConfig
+	// changes it live (see Options.LogLevel).
+	LogLevel *slog.LevelVar
 	// Ready, if set, is called once the sources have synced and sidecars are
 	// served, with the bound addresses.
 	Ready func(KubeInfo)
@@ -188,6 +191,8 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 	case <-src.Synced():
 	}
 	srv.Update(src.Snapshot())
+	level := newLogLevel(o.LogLevel)
+	level.follow(src.Snapshot().Mesh(), log)
 	if webhook != nil {
 		if err := setWebhookCABundle(ctx, o.Client, ca.BundlePEM()); err != nil {
 			log.Warn("the injection webhook's caBundle is not set; the API server cannot call the webhook until it is", "err", err)
@@ -209,6 +214,7 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 		case <-src.Changes():
 			snap := src.Snapshot()
 			srv.Update(snap)
+			level.follow(snap.Mesh(), log)
 			bundles.ensure(ctx, src.MeshedNamespaces())
 			log.Debug("snapshot", "hash", snap.Hash(), "problems", len(src.Problems()))
 		}
