@@ -77,7 +77,7 @@ AUTHORITY.`,
 	f.DurationVar(&o.readyTimeout, "ready-timeout", 30*time.Second, "how long to wait for the sidecar and the program to be ready")
 	f.DurationVar(&o.withdrawDelay, "withdraw-delay", 500*time.Millisecond, "at shutdown, how long to keep serving after withdrawing the endpoint, while callers learn of it")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 10*time.Second, "how long the program may take to exit after SIGTERM before SIGKILL")
-	f.StringVar(&o.keyType, "key-type", "ecdsa-p256", "the `type` of key the sidecar makes for its certificate: ecdsa-p256 or ecdsa-p384")
+	f.StringVar(&o.keyType, "key-type", "ecdsa-p256", "the `type` of key the sidecar makes for its certificate: ecdsa-p256, ecdsa-p384, rsa-2048 or rsa-3072")
 	f.BoolVar(&o.accessLog, "access-log", true, "the sidecar writes a JSON access log line per request to stdout")
 	f.StringArrayVar(&o.tcpForwards, "tcp-forward", nil, "LISTEN=AUTHORITY: bind LISTEN (127.0.0.1:PORT) for opaque TCP to the mesh destination AUTHORITY (repeatable)")
 	return cmd
