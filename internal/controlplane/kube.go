@@ -112,7 +112,7 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 	if o.Inject.ProxyImage != "" && o.Inject.ControlPlane == "" {
 		return fmt.Errorf("injection needs the address sidecars reach the control plane at: there is no Service %s/%s; pass --inject-control-plane", o.Namespace, ServiceName)
 	}
-	src := kube.New(kube.Options{Client: o.Client, Dynamic: o.Dynamic, Logger: log.With("component", "kube-source")})
+	src := kube.New(kube.Options{Client: o.Client, Dynamic: o.Dynamic, Logger: log.With("component", "kube-source"), WriteStatus: true})
 	srv := serve.New(serve.Config{Authenticator: &kube.TokenReviewer{Client: o.Client}, Signer: ca, LeafTTL: o.LeafTTL, Logger: log})
 
 	svc := "trellis-control-plane." + o.Namespace
