@@ -32,7 +32,8 @@ type KubeOptions struct {
 	// StateDir keeps the built-in CA (a mounted volume in a pod); required.
 	StateDir string
 	// GRPCAddr is where sidecars connect; default :15128. HealthAddr serves
-	// /healthz (alive) and /readyz (the sources have synced); default :9091.
+	// /healthz (alive), /readyz (the sources have synced) and /status (what
+	// trellis check --kubernetes reads: KubeStatus); default :9091.
 	GRPCAddr, HealthAddr string
 	Client               kubernetes.Interface // required
 	Dynamic              dynamic.Interface    // required
@@ -113,7 +114,8 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 		return fmt.Errorf("injection needs the address sidecars reach the control plane at: there is no Service %s/%s; pass --inject-control-plane", o.Namespace, ServiceName)
 	}
 	src := kube.New(kube.Options{Client: o.Client, Dynamic: o.Dynamic, Logger: log.With("component", "kube-source"), WriteStatus: true})
-	srv := serve.New(serve.Config{Authenticator: &kube.TokenReviewer{Client: o.Client}, Signer: ca, LeafTTL: o.LeafTTL, Logger: log})
+	conns := &connections{}
+	srv := serve.New(serve.Config{Authenticator: &kube.TokenReviewer{Client: o.Client}, Signer: ca, Observer: conns, LeafTTL: o.LeafTTL, Logger: log})
 
 	svc := "trellis-control-plane." + o.Namespace
 	names := append([]string{"trellis-control-plane", svc, svc + ".svc", svc + ".svc.cluster.local", "localhost"}, o.DNSNames...)
@@ -136,6 +138,17 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 		default:
 			http.Error(w, "sources not synced yet", http.StatusServiceUnavailable)
 		}
+	})
+	// What trellis check --kubernetes reads (through the API server's pod
+	// proxy, or directly).
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-src.Synced():
+		default:
+			http.Error(w, "sources not synced yet", http.StatusServiceUnavailable)
+			return
+		}
+		serveJSON(w, kubeStatus(src.Snapshot(), src.Problems(), srv.Stats(), conns))
 	})
 	health := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	var webhook *http.Server
