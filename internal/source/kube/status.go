@@ -194,7 +194,9 @@ func desiredStatus(u *unstructured.Unstructured, problems []model.Problem, now t
 	return want, !sameJSON(cur, want)
 }
 
-func isRoute(kind string) bool { return kind == string(model.RouteKindHTTP) || kind == string(model.RouteKindGRPC) }
+func isRoute(kind string) bool {
+	return kind == string(model.RouteKindHTTP) || kind == string(model.RouteKindGRPC)
+}
 
 // conditions are the Accepted (and Warning) conditions for problems.
 func conditions(problems []model.Problem, gen int64, old []any, now time.Time) []any {
