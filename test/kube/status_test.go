@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
@@ -25,6 +26,10 @@ import (
 func TestStatusConditions(t *testing.T) {
 	c := kubetest.New(t)
 	ns := c.Namespace(t, "status", true)
+	// The HTTPRoute's parent and backend exist, so that it is in force.
+	v1 := c.MeshedPod(t, ns, "web-v1", "web", "10.244.0.231")
+	c.Service(t, ns, "web", corev1.ServicePort{Name: "http", Port: 8080}, true, v1)
+	c.Service(t, ns, "web-v1", corev1.ServicePort{Name: "http", Port: 8080}, true, v1)
 	c.ControlPlane(t, controlplane.KubeOptions{Namespace: ns})
 	c.Apply(t, fmt.Sprintf(`apiVersion: specs.smi-spec.io/v1alpha4
 kind: HTTPRouteGroup
