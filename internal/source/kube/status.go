@@ -63,7 +63,8 @@ type statusWriter struct {
 	mu     sync.Mutex
 	latest []statusTarget
 
-	writes atomic.Int64
+	writes    atomic.Int64
+	forbidden atomic.Bool
 }
 
 func newStatusWriter(s *Source) *statusWriter {
@@ -130,6 +131,10 @@ func (w *statusWriter) write(ctx context.Context, t statusTarget) {
 	case apierrors.IsConflict(err), apierrors.IsNotFound(err):
 		// Changed or gone since the informer saw it: its event brings a
 		// rebuild, and this object comes round again.
+	case apierrors.IsForbidden(err):
+		if w.forbidden.CompareAndSwap(false, true) { // once: every object would say it
+			w.log.Warn("status conditions not written: the control plane may not update custom resources' status; apply the ClusterRole of this version (trellis install)", "object", t.kind+" "+t.namespace+"/"+t.name, "err", err)
+		}
 	default:
 		w.log.Warn("status not written", "object", t.kind+" "+t.namespace+"/"+t.name, "err", err)
 	}
