@@ -186,14 +186,6 @@ func (s *Source) MeshedNamespaces() []*corev1.Namespace {
 	return out
 }
 
-// StatusWrites returns how many status updates the source has written.
-func (s *Source) StatusWrites() int64 {
-	if s.status == nil {
-		return 0
-	}
-	return s.status.writes.Load()
-}
-
 // Watched returns the custom resource kinds whose CRDs were installed at start.
 func (s *Source) Watched() []string {
 	s.mu.Lock()

@@ -63,7 +63,6 @@ type statusWriter struct {
 	mu     sync.Mutex
 	latest []statusTarget
 
-	writes    atomic.Int64
 	forbidden atomic.Bool
 }
 
@@ -127,7 +126,6 @@ func (w *statusWriter) write(ctx context.Context, t statusTarget) {
 	_, err = w.dyn.Resource(gvr).Namespace(t.namespace).UpdateStatus(cctx, u, metav1.UpdateOptions{FieldManager: "trellis"})
 	switch {
 	case err == nil:
-		w.writes.Add(1)
 	case apierrors.IsConflict(err), apierrors.IsNotFound(err):
 		// Changed or gone since the informer saw it: its event brings a
 		// rebuild, and this object comes round again.
