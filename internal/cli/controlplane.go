@@ -53,16 +53,18 @@ stays in the state directory.`,
 			if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
 				return err
 			}
-			log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
+			level := new(slog.LevelVar) // a MeshConfig's osmLogLevel changes it live
+			level.Set(lvl)
+			log := slog.New(slog.NewJSONHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			if o.kubernetes {
 				if !cmd.Flags().Changed("grpc-listen") {
 					o.grpcAddr = ":15128"
 				}
-				return o.runKube(cmd, log)
+				return o.runKube(cmd, log, level)
 			}
 			return controlplane.Run(cmd.Context(), controlplane.Options{
 				StateDir: o.stateDir, GRPCAddr: o.grpcAddr, AdminAddr: o.adminAddr,
-				LeafTTL: o.leafTTL, Grace: o.grace, Logger: log,
+				LeafTTL: o.leafTTL, Grace: o.grace, Logger: log, LogLevel: level,
 			})
 		},
 	}
@@ -71,7 +73,7 @@ stays in the state directory.`,
 	f.StringVar(&o.adminAddr, "admin-listen", "127.0.0.1:15129", "`address` of the admin API for the CLI")
 	f.DurationVar(&o.leafTTL, "cert-validity", 24*time.Hour, "lifetime of workload certificates, unless a MeshConfig sets spec.certificate.serviceCertValidityDuration")
 	f.DurationVar(&o.grace, "grace", 15*time.Second, "after start, how long registered workloads count as alive before their sidecars reconnect")
-	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error; a MeshConfig's spec.observability.osmLogLevel overrides it while it is in force")
 	f.BoolVar(&o.kubernetes, "kubernetes", false, "run on Kubernetes: read the cluster instead of a local store (gRPC then listens on :15128 unless --grpc-listen says otherwise)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "with --kubernetes: kubeconfig `file`; default: in-cluster credentials, then $KUBECONFIG")
 	f.StringVar(&o.namespace, "namespace", "trellis-system", "with --kubernetes: the `namespace` the control plane runs in (its Service's names go in its certificate)")
@@ -83,7 +85,7 @@ stays in the state directory.`,
 	return cmd
 }
 
-func (o *controlPlaneOptions) runKube(cmd *cobra.Command, log *slog.Logger) error {
+func (o *controlPlaneOptions) runKube(cmd *cobra.Command, log *slog.Logger, level *slog.LevelVar) error {
 	cfg, err := kubeConfig(o.kubeconfig)
 	if err != nil {
 		return err
@@ -98,7 +100,7 @@ func (o *controlPlaneOptions) runKube(cmd *cobra.Command, log *slog.Logger) erro
 	}
 	return controlplane.RunKube(cmd.Context(), controlplane.KubeOptions{
 		StateDir: o.stateDir, GRPCAddr: o.grpcAddr, HealthAddr: o.healthAddr, WebhookAddr: o.webhookAddr,
-		Client: client, Dynamic: dyn, Namespace: o.namespace, LeafTTL: o.leafTTL, Logger: log,
+		Client: client, Dynamic: dyn, Namespace: o.namespace, LeafTTL: o.leafTTL, Logger: log, LogLevel: level,
 		Inject: inject.Config{ProxyImage: o.proxyImage, ControlPlane: o.injectControlPlane, CaptureImage: o.captureImage},
 	})
 }

@@ -91,7 +91,7 @@ removed when the workload stops.`,
 	f.DurationVar(&o.readyTimeout, "ready-timeout", 30*time.Second, "how long to wait for the sidecar and the program to be ready")
 	f.DurationVar(&o.withdrawDelay, "withdraw-delay", 500*time.Millisecond, "at shutdown, how long to keep serving after withdrawing the endpoint, while callers learn of it")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 10*time.Second, "how long the program may take to exit after SIGTERM before SIGKILL")
-	f.StringVar(&o.keyType, "key-type", "ecdsa-p256", "the `type` of key the sidecar makes for its certificate: ecdsa-p256 or ecdsa-p384")
+	f.StringVar(&o.keyType, "key-type", "ecdsa-p256", "the `type` of key the sidecar makes for its certificate: ecdsa-p256, ecdsa-p384, rsa-2048 or rsa-3072")
 	f.BoolVar(&o.accessLog, "access-log", true, "the sidecar writes a JSON access log line per request to stdout")
 	f.StringVar(&o.isolation, "isolation", "none", "none: the workload shares the host's network and uses the sidecar as its HTTP proxy; netns (root): it gets a network namespace of its own with transparent capture, as a pod")
 	f.StringVar(&o.excludeInboundPorts, "exclude-inbound-ports", "", "with --isolation netns: comma-separated app `ports` that inbound capture leaves alone")

@@ -247,10 +247,7 @@ func (a *adminAPI) deregister(w http.ResponseWriter, r *http.Request) {
 
 func (a *adminAPI) status(w http.ResponseWriter, r *http.Request) {
 	snap := a.store.Snapshot()
-	problems := snap.Problems()
-	if problems == nil {
-		problems = []model.Problem{}
-	}
+	problems := a.store.Problems()
 	writeJSON(w, http.StatusOK, Status{
 		Snapshot: snap.Hash(), Mesh: snap.Mesh(), Problems: problems,
 		Server: a.srv.Stats(), Workloads: len(snap.Workloads()),

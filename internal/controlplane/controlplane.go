@@ -70,6 +70,10 @@ type Options struct {
 	// their sidecars reconnect; default 15s.
 	Grace  time.Duration
 	Logger *slog.Logger
+	// LogLevel, if set, is the level Logger's handler logs at: a MeshConfig's
+	// spec.observability.osmLogLevel changes it live, and its value at start
+	// is the level in force when no MeshConfig names one.
+	LogLevel *slog.LevelVar
 	// Ready, if set, is called once listening, with the bound addresses.
 	Ready func(Info)
 }
@@ -106,6 +110,8 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
+	level := newLogLevel(o.LogLevel)
+	level.follow(store.Snapshot().Mesh(), log)
 	trust := newTrustTracker()
 	srv := serve.New(serve.Config{Authenticator: store, Signer: ca, Observer: store, Trust: trust, LeafTTL: o.LeafTTL, Logger: log})
 	srv.Update(store.Snapshot())
@@ -159,6 +165,7 @@ func Run(ctx context.Context, o Options) error {
 		case <-store.Changes():
 			snap := store.Snapshot()
 			srv.Update(snap)
+			level.follow(snap.Mesh(), log)
 			log.Debug("snapshot", "hash", snap.Hash(), "problems", len(snap.Problems()))
 		}
 	}

@@ -32,7 +32,8 @@ type KubeOptions struct {
 	// StateDir keeps the built-in CA (a mounted volume in a pod); required.
 	StateDir string
 	// GRPCAddr is where sidecars connect; default :15128. HealthAddr serves
-	// /healthz (alive) and /readyz (the sources have synced); default :9091.
+	// /healthz (alive), /readyz (the sources have synced) and /status (what
+	// trellis check --kubernetes reads: KubeStatus); default :9091.
 	GRPCAddr, HealthAddr string
 	Client               kubernetes.Interface // required
 	Dynamic              dynamic.Interface    // required
@@ -50,6 +51,9 @@ type KubeOptions struct {
 	Inject      inject.Config
 	LeafTTL     time.Duration
 	Logger      *slog.Logger
+	// LogLevel, if set, is the level Logger's handler logs at; the MeshConfig
+	// changes it live (see Options.LogLevel).
+	LogLevel *slog.LevelVar
 	// Ready, if set, is called once the sources have synced and sidecars are
 	// served, with the bound addresses.
 	Ready func(KubeInfo)
@@ -109,8 +113,9 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 	if o.Inject.ProxyImage != "" && o.Inject.ControlPlane == "" {
 		return fmt.Errorf("injection needs the address sidecars reach the control plane at: there is no Service %s/%s; pass --inject-control-plane", o.Namespace, ServiceName)
 	}
-	src := kube.New(kube.Options{Client: o.Client, Dynamic: o.Dynamic, Logger: log.With("component", "kube-source")})
-	srv := serve.New(serve.Config{Authenticator: &kube.TokenReviewer{Client: o.Client}, Signer: ca, LeafTTL: o.LeafTTL, Logger: log})
+	src := kube.New(kube.Options{Client: o.Client, Dynamic: o.Dynamic, Logger: log.With("component", "kube-source"), WriteStatus: true})
+	conns := &connections{}
+	srv := serve.New(serve.Config{Authenticator: &kube.TokenReviewer{Client: o.Client}, Signer: ca, Observer: conns, LeafTTL: o.LeafTTL, Logger: log})
 
 	svc := "trellis-control-plane." + o.Namespace
 	names := append([]string{"trellis-control-plane", svc, svc + ".svc", svc + ".svc.cluster.local", "localhost"}, o.DNSNames...)
@@ -133,6 +138,17 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 		default:
 			http.Error(w, "sources not synced yet", http.StatusServiceUnavailable)
 		}
+	})
+	// What trellis check --kubernetes reads (through the API server's pod
+	// proxy, or directly).
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-src.Synced():
+		default:
+			http.Error(w, "sources not synced yet", http.StatusServiceUnavailable)
+			return
+		}
+		serveJSON(w, kubeStatus(src.Snapshot(), src.Problems(), srv.Stats(), conns))
 	})
 	health := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	var webhook *http.Server
@@ -188,6 +204,8 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 	case <-src.Synced():
 	}
 	srv.Update(src.Snapshot())
+	level := newLogLevel(o.LogLevel)
+	level.follow(src.Snapshot().Mesh(), log)
 	if webhook != nil {
 		if err := setWebhookCABundle(ctx, o.Client, ca.BundlePEM()); err != nil {
 			log.Warn("the injection webhook's caBundle is not set; the API server cannot call the webhook until it is", "err", err)
@@ -209,6 +227,7 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 		case <-src.Changes():
 			snap := src.Snapshot()
 			srv.Update(snap)
+			level.follow(snap.Mesh(), log)
 			bundles.ensure(ctx, src.MeshedNamespaces())
 			log.Debug("snapshot", "hash", snap.Hash(), "problems", len(src.Problems()))
 		}

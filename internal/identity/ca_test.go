@@ -2,9 +2,11 @@ package identity_test
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"net"
@@ -197,6 +199,18 @@ func TestSignRejects(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rsaCSR := func(bits int) []byte {
+		t.Helper()
+		k, err := rsa.GenerateKey(rand.Reader, bits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return csr
+	}
 	tests := []struct {
 		name string
 		csr  []byte
@@ -206,6 +220,8 @@ func TestSignRejects(t *testing.T) {
 		{"garbage request", []byte("not a CSR"), web, 0},
 		{"bad signature", tampered, web, 0},
 		{"P-521 key", p521CSR, web, 0},
+		{"RSA 1024 key", rsaCSR(1024), web, 0},
+		{"RSA 4096 key", rsaCSR(4096), web, 0},
 		{"other trust domain", good, mustParse(t, "spiffe://other.domain/ns/shop/sa/web"), 0},
 		{"invalid identity", good, spiffe.ID{TrustDomain: "cluster.local", Namespace: "shop"}, 0},
 		{"negative TTL", good, web, -time.Hour},
@@ -219,29 +235,37 @@ func TestSignRejects(t *testing.T) {
 	}
 }
 
-// A sidecar made to use ECDSA P-384 (trellis-proxy --key-type ecdsa-p384) gets
-// a certificate for its key.
-func TestSignP384(t *testing.T) {
+// A sidecar made to use any key type it offers (trellis-proxy --key-type)
+// gets a certificate for its key, of that type, which verifies to the root.
+func TestSignKeyTypes(t *testing.T) {
 	ca := newCA(t, identity.Options{})
 	web := mustParse(t, "spiffe://cluster.local/ns/shop/sa/web")
-	key, err := spiffe.NewKeyOf(spiffe.KeyP384)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chain, err := ca.Sign(csr, web, 0)
-	if err != nil {
-		t.Fatalf("Sign(P-384 request) = %v", err)
-	}
-	leaf, err := x509.ParseCertificate(chain[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if pub, ok := leaf.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(key.Public()) {
-		t.Errorf("leaf key = %T, want the request's P-384 key", leaf.PublicKey)
+	for _, kt := range spiffe.KeyTypes() {
+		t.Run(string(kt), func(t *testing.T) {
+			key, err := spiffe.NewKeyOf(kt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			chain, err := ca.Sign(csr, web, 0)
+			if err != nil {
+				t.Fatalf("Sign(%s request) = %v", kt, err)
+			}
+			leaf := parseChain(t, chain)[0]
+			if got, _ := spiffe.TypeOfKey(leaf.PublicKey); got != kt {
+				t.Errorf("leaf key type = %q, want %q", got, kt)
+			}
+			if pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
+				t.Errorf("leaf key = %T, not the request's key", leaf.PublicKey)
+			}
+			var creds spiffe.Credentials
+			if err := creds.Store(chain, key, ca.Bundle()); err != nil {
+				t.Errorf("the sidecar would not store its %s certificate: %v", kt, err)
+			}
+		})
 	}
 }
 

@@ -2,15 +2,17 @@ package identity
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/spiffe"
@@ -33,12 +35,11 @@ func (ca *CA) Sign(csrDER []byte, id spiffe.ID, ttl time.Duration) ([][]byte, er
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("sign certificate for %s: certificate request signature is invalid: %w", id, err)
 	}
-	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
-	if !ok || pub.Curve != elliptic.P256() && pub.Curve != elliptic.P384() {
-		return nil, fmt.Errorf("sign certificate for %s: certificate request key is %s, want ECDSA P-256 or P-384", id, csr.PublicKeyAlgorithm)
+	if _, ok := spiffe.TypeOfKey(csr.PublicKey); !ok {
+		return nil, fmt.Errorf("sign certificate for %s: certificate request key is %s, want one of %s", id, describeKey(csr.PublicKey), keyTypeList())
 	}
 	inter, interKey := ca.signer()
-	leaf, err := ca.issue(inter, interKey, id, pub, ttl, nil, nil)
+	leaf, err := ca.issue(inter, interKey, id, csr.PublicKey, ttl, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +136,7 @@ func (ca *CA) checkID(id spiffe.ID) error {
 	return nil
 }
 
-func (ca *CA) issue(inter *x509.Certificate, interKey *ecdsa.PrivateKey, id spiffe.ID, pub *ecdsa.PublicKey, ttl time.Duration, dnsNames []string, ips []net.IP) (*x509.Certificate, error) {
+func (ca *CA) issue(inter *x509.Certificate, interKey *ecdsa.PrivateKey, id spiffe.ID, pub crypto.PublicKey, ttl time.Duration, dnsNames []string, ips []net.IP) (*x509.Certificate, error) {
 	switch {
 	case ttl < 0:
 		return nil, fmt.Errorf("sign certificate for %s: TTL %s is negative", id, ttl)
@@ -172,10 +173,32 @@ func (ca *CA) issue(inter *x509.Certificate, interKey *ecdsa.PrivateKey, id spif
 
 // createCert signs tmpl with signer as parent and parses the result. A nil
 // SerialNumber makes crypto/x509 choose a random one.
-func createCert(tmpl, parent *x509.Certificate, pub *ecdsa.PublicKey, signer *ecdsa.PrivateKey) (*x509.Certificate, error) {
+func createCert(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer *ecdsa.PrivateKey) (*x509.Certificate, error) {
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
 	if err != nil {
 		return nil, err
 	}
 	return x509.ParseCertificate(der)
+}
+
+// describeKey names a public key's algorithm and size, for refusals.
+func describeKey(pub crypto.PublicKey) string {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		return "ECDSA " + k.Curve.Params().Name
+	case *rsa.PublicKey:
+		return fmt.Sprintf("RSA %d", k.N.BitLen())
+	}
+	return fmt.Sprintf("%T", pub)
+}
+
+func keyTypeList() string {
+	var b strings.Builder
+	for i, t := range spiffe.KeyTypes() {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(string(t))
+	}
+	return b.String()
 }

@@ -42,14 +42,14 @@ func (c CRD) Protected() bool {
 // served them (OSM-COMPAT) and Gateway API v1 for routes.
 func CRDs() []CRD {
 	return []CRD{
-		{Group: "access.smi-spec.io", Kind: "TrafficTarget", Plural: "traffictargets", ShortNames: []string{"tt"}, Versions: []string{"v1alpha3"}},
-		{Group: "specs.smi-spec.io", Kind: "HTTPRouteGroup", Plural: "httproutegroups", ShortNames: []string{"htr"}, Versions: []string{"v1alpha4"}},
-		{Group: "specs.smi-spec.io", Kind: "TCPRoute", Plural: "tcproutes", ShortNames: []string{"tr"}, Versions: []string{"v1alpha4"}},
-		{Group: "split.smi-spec.io", Kind: "TrafficSplit", Plural: "trafficsplits", ShortNames: []string{"ts"}, Versions: []string{"v1alpha2"}},
-		{Group: "config.openservicemesh.io", Kind: "MeshConfig", Plural: "meshconfigs", ShortNames: []string{"meshconfig"}, Versions: []string{"v1alpha2", "v1alpha1"}},
-		{Group: "policy.openservicemesh.io", Kind: "Egress", Plural: "egresses", ShortNames: []string{"egress"}, Versions: []string{"v1alpha1"}},
+		{Group: "access.smi-spec.io", Kind: "TrafficTarget", Plural: "traffictargets", ShortNames: []string{"tt"}, Versions: []string{"v1alpha3"}, Status: true},
+		{Group: "specs.smi-spec.io", Kind: "HTTPRouteGroup", Plural: "httproutegroups", ShortNames: []string{"htr"}, Versions: []string{"v1alpha4"}, Status: true},
+		{Group: "specs.smi-spec.io", Kind: "TCPRoute", Plural: "tcproutes", ShortNames: []string{"tr"}, Versions: []string{"v1alpha4"}, Status: true},
+		{Group: "split.smi-spec.io", Kind: "TrafficSplit", Plural: "trafficsplits", ShortNames: []string{"ts"}, Versions: []string{"v1alpha2"}, Status: true},
+		{Group: "config.openservicemesh.io", Kind: "MeshConfig", Plural: "meshconfigs", ShortNames: []string{"meshconfig"}, Versions: []string{"v1alpha2", "v1alpha1"}, Status: true},
+		{Group: "policy.openservicemesh.io", Kind: "Egress", Plural: "egresses", ShortNames: []string{"egress"}, Versions: []string{"v1alpha1"}, Status: true},
 		{Group: "policy.openservicemesh.io", Kind: "IngressBackend", Plural: "ingressbackends", ShortNames: []string{"ingressbackend"}, Versions: []string{"v1alpha1"}, Status: true},
-		{Group: "policy.openservicemesh.io", Kind: "Retry", Plural: "retries", ShortNames: []string{"retry"}, Versions: []string{"v1alpha1"}},
+		{Group: "policy.openservicemesh.io", Kind: "Retry", Plural: "retries", ShortNames: []string{"retry"}, Versions: []string{"v1alpha1"}, Status: true},
 		{Group: "policy.openservicemesh.io", Kind: "UpstreamTrafficSetting", Plural: "upstreamtrafficsettings", ShortNames: []string{"upstreamtrafficsetting"}, Versions: []string{"v1alpha1"}, Status: true},
 		{Group: "gateway.networking.k8s.io", Kind: "HTTPRoute", Plural: "httproutes", Versions: []string{"v1"}, Status: true},
 		{Group: "gateway.networking.k8s.io", Kind: "GRPCRoute", Plural: "grpcroutes", Versions: []string{"v1"}, Status: true},

@@ -79,3 +79,52 @@ func TestCRDsYAMLShape(t *testing.T) {
 		}
 	}
 }
+
+// The control plane's ClusterRole lets it write the status of every kind in
+// the table that has a status subresource, in its group.
+func TestRBACCoversStatus(t *testing.T) {
+	b, err := InstallYAML(DefaultValues())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type rule struct {
+		APIGroups []string `json:"apiGroups"`
+		Resources []string `json:"resources"`
+		Verbs     []string `json:"verbs"`
+	}
+	var rules []rule
+	for _, doc := range bytes.Split(b, []byte("\n---\n")) {
+		var obj struct {
+			Kind  string `json:"kind"`
+			Rules []rule `json:"rules"`
+		}
+		if err := yaml.Unmarshal(doc, &obj); err != nil {
+			t.Fatal(err)
+		}
+		if obj.Kind == "ClusterRole" {
+			rules = append(rules, obj.Rules...)
+		}
+	}
+	has := func(xs []string, x string) bool {
+		for _, v := range xs {
+			if v == x {
+				return true
+			}
+		}
+		return false
+	}
+	for _, c := range CRDs() {
+		if !c.Status {
+			continue
+		}
+		ok := false
+		for _, r := range rules {
+			if has(r.APIGroups, c.Group) && has(r.Resources, c.Plural+"/status") && has(r.Verbs, "update") {
+				ok = true
+			}
+		}
+		if !ok {
+			t.Errorf("no ClusterRole rule lets the control plane update %s/status in group %s", c.Plural, c.Group)
+		}
+	}
+}

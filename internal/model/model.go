@@ -190,8 +190,29 @@ type MeshSettings struct {
 	// in its words: trace, debug, info, warning, warn, error, critical, off);
 	// empty: each sidecar's own --log-level.
 	SidecarLogLevel string `json:"sidecarLogLevel,omitempty"`
+	// ControlPlaneLogLevel is the control plane's own log level (OSM's
+	// spec.observability.osmLogLevel, in its words: trace, debug, info, warn,
+	// warning, error, fatal, panic, disabled, off); empty: the control plane's
+	// own --log-level.
+	ControlPlaneLogLevel string `json:"controlPlaneLogLevel,omitempty"`
+	// Tracing is OSM's spec.observability.tracing as given: stored and shown,
+	// not yet used (sidecars do not export spans to it); zero when unset.
+	Tracing Tracing `json:"tracing,omitzero"`
 	// Source names the MeshConfig that set these, if any.
 	Source string `json:"source,omitempty"`
+}
+
+// Tracing is where a MeshConfig says spans go (OSM's
+// spec.observability.tracing). Trellis stores it and shows it; no sidecar
+// exports spans to it yet.
+type Tracing struct {
+	Enable bool `json:"enable"`
+	// Address is the collector's host; OSM's default jaeger.<namespace>.svc.cluster.local.
+	Address string `json:"address,omitempty"`
+	// Port is the collector's port; OSM's default 9411.
+	Port int `json:"port,omitempty"`
+	// Endpoint is the collector's path; OSM's default /api/v2/spans.
+	Endpoint string `json:"endpoint,omitempty"`
 }
 
 // DefaultMeshSettings returns OSM's defaults: permissive, egress on.

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/trellis-mesh/trellis/internal/probe"
+	"github.com/trellis-mesh/trellis/internal/spiffe"
 )
 
 func (p *Proxy) adminHandler() http.Handler {
@@ -59,6 +60,7 @@ func (p *Proxy) serveConfig(w http.ResponseWriter, r *http.Request) {
 		Identity     string          `json:"identity"`
 		Workload     string          `json:"workload_id"`
 		CertExpires  *time.Time      `json:"certificate_expires,omitempty"`
+		CertKeyType  string          `json:"certificate_key_type,omitempty"` // --key-type
 		Ready        bool            `json:"ready"`
 		Draining     bool            `json:"draining"`
 		Listeners    map[string]any  `json:"listeners"`
@@ -87,6 +89,10 @@ func (p *Proxy) serveConfig(w http.ResponseWriter, r *http.Request) {
 	}
 	if t := p.creds.NotAfter(); !t.IsZero() {
 		out.CertExpires = &t
+	}
+	if m, ok := p.creds.Load(); ok && m.Key != nil {
+		kt, _ := spiffe.TypeOfKey(m.Key.Public())
+		out.CertKeyType = string(kt)
 	}
 	if pol := p.policy.Load(); pol != nil {
 		out.Inbound, _ = pj.Marshal(pol.Config())

@@ -97,7 +97,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.ControlPlane, "control-plane", "127.0.0.1:15128", "control plane gRPC `address`: host:port, or unix:PATH")
 	fs.StringVar(&o.CAFile, "ca-file", "", "PEM `file` of the roots that verify the control plane (required)")
 	fs.StringVar(&o.WorkloadID, "workload-id", "", "registered workload `id` (required)")
-	keyType := fs.String("key-type", string(spiffe.KeyP256), "the `type` of key made for the certificate: ecdsa-p256 or ecdsa-p384")
+	keyType := fs.String("key-type", string(spiffe.KeyP256), "the `type` of key made for the certificate: ecdsa-p256, ecdsa-p384, rsa-2048 or rsa-3072")
 	fs.StringVar(&o.CredentialFile, "token-file", "", "`file` holding the credential, read at each renewal (default: $"+TokenEnv+")")
 	fs.StringVar(&o.InboundAddr, "inbound", "127.0.0.1:15003", "inbound mTLS listen `address` (host:port, or fd:N for an inherited socket)")
 	fs.StringVar(&o.OutboundAddr, "outbound", "127.0.0.1:15001", "outbound (app's HTTP proxy) listen `address` (host:port or fd:N)")

@@ -2,7 +2,7 @@ package spiffe
 
 import (
 	"bytes"
-	"crypto/ecdsa"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -32,7 +32,7 @@ type Material struct {
 	Chain [][]byte
 	// Key is the leaf's private key; nil while the Credentials hold a trust
 	// bundle only.
-	Key *ecdsa.PrivateKey
+	Key crypto.Signer
 	// Bundle is the trust bundle: root certificates, DER encoded.
 	Bundle [][]byte
 	// ID is the leaf's SPIFFE ID; zero while there is no leaf.
@@ -55,7 +55,7 @@ type credState struct {
 // with a nil key stores a trust bundle alone, which is what a workload has before
 // its first certificate: ClientTLS can then check a server without presenting a
 // certificate. Store copies its inputs. On error the previous credentials stay.
-func (c *Credentials) Store(chain [][]byte, key *ecdsa.PrivateKey, bundle [][]byte) error {
+func (c *Credentials) Store(chain [][]byte, key crypto.Signer, bundle [][]byte) error {
 	st, err := newCredState(chain, key, bundle, time.Now())
 	if err != nil {
 		return err
@@ -102,7 +102,10 @@ func (c *Credentials) NotAfter() time.Time {
 	return time.Time{}
 }
 
-func newCredState(chain [][]byte, key *ecdsa.PrivateKey, bundle [][]byte, now time.Time) (*credState, error) {
+func newCredState(chain [][]byte, key crypto.Signer, bundle [][]byte, now time.Time) (*credState, error) {
+	if isNilKey(key) {
+		key = nil
+	}
 	if len(bundle) == 0 {
 		return nil, errors.New("store credentials: trust bundle is empty; pass the CA's root certificates")
 	}
@@ -146,7 +149,7 @@ func newCredState(chain [][]byte, key *ecdsa.PrivateKey, bundle [][]byte, now ti
 	if leaf.IsCA {
 		return nil, fmt.Errorf("store credentials: leaf for %s is a CA certificate", id)
 	}
-	if pub, ok := leaf.PublicKey.(*ecdsa.PublicKey); !ok || !pub.Equal(key.Public()) {
+	if pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
 		return nil, fmt.Errorf("store credentials: leaf for %s does not match the private key; request a certificate for this key", id)
 	}
 	if now.After(leaf.NotAfter) {

@@ -2,6 +2,7 @@ package spiffe_test
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -233,7 +234,7 @@ func TestCredentialsStore(t *testing.T) {
 			if diff := cmp.Diff(tt.bundle, m.Bundle); diff != "" {
 				t.Errorf("Load().Bundle (-want +got):\n%s", diff)
 			}
-			if m.Key != tt.key {
+			if tt.key == nil && m.Key != nil || tt.key != nil && m.Key != crypto.Signer(tt.key) {
 				t.Errorf("Load().Key is not the stored key")
 			}
 			if tt.chain != nil {

@@ -78,6 +78,9 @@ type Options struct {
 	// builds a snapshot; default 50ms.
 	Debounce time.Duration
 	Logger   *slog.Logger
+	// WriteStatus makes the source write status conditions on the custom
+	// resources it reads (see status.go); the control plane sets it.
+	WriteStatus bool
 }
 
 // Source watches a cluster and keeps the latest snapshot.
@@ -97,6 +100,8 @@ type Source struct {
 	slices     informersLister[*discoveryv1.EndpointSlice]
 	pods       informersLister[*corev1.Pod]
 	custom     map[string]cache.GenericLister // by kind
+	gvrs       map[string]schema.GroupVersionResource
+	status     *statusWriter // nil unless Options.WriteStatus
 }
 
 // informersLister lists typed objects from an informer's store.
@@ -121,7 +126,8 @@ func New(o Options) *Source {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Source{o: o, changes: make(chan struct{}, 1), dirty: make(chan struct{}, 1), synced: make(chan struct{}), custom: map[string]cache.GenericLister{}}
+	return &Source{o: o, changes: make(chan struct{}, 1), dirty: make(chan struct{}, 1), synced: make(chan struct{}),
+		custom: map[string]cache.GenericLister{}, gvrs: map[string]schema.GroupVersionResource{}}
 }
 
 // Synced is closed once every informer has synced and the first snapshot is
@@ -226,6 +232,7 @@ func (s *Source) Run(ctx context.Context) error {
 		gi := df.ForResource(cr.GVR)
 		add(gi.Informer())
 		s.custom[cr.Kind] = gi.Lister()
+		s.gvrs[cr.Kind] = cr.GVR
 		watched = append(watched, cr.Kind)
 	}
 	s.mu.Lock()
@@ -238,6 +245,10 @@ func (s *Source) Run(ctx context.Context) error {
 	defer df.Shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), syncs...) {
 		return fmt.Errorf("kube source: caches did not sync: %w", context.Cause(ctx))
+	}
+	if s.o.WriteStatus {
+		s.status = newStatusWriter(s)
+		go s.status.run(ctx)
 	}
 	s.rebuild()
 	close(s.synced)
@@ -305,6 +316,9 @@ func (s *Source) rebuild() {
 	changed := s.snap == nil || s.snap.Hash() != snap.Hash()
 	s.snap, s.problems = snap, problems
 	s.mu.Unlock()
+	if s.status != nil {
+		s.status.offer(s.targets(problems))
+	}
 	if changed {
 		select {
 		case s.changes <- struct{}{}:
@@ -453,7 +467,10 @@ func (s *Source) inputs() (model.Inputs, []model.Problem) {
 	}
 	objs, errs, warns := translate.Translate(rs)
 	problems = append(problems, errs...)
-	problems = append(problems, warns...)
+	for _, w := range warns {
+		w.Warning = true // in force, with a remark
+		problems = append(problems, w)
+	}
 	in.Mesh = objs.Mesh
 	in.Splits, in.Targets, in.RouteGroups, in.TCPRoutes, in.Routes = objs.Splits, objs.Targets, objs.RouteGroups, objs.TCPRoutes, objs.Routes
 	return in, problems

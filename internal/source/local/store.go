@@ -54,6 +54,7 @@ type Store struct {
 	connected map[string]int                // open inbound streams by workload ID
 	seen      map[string]bool               // workloads whose sidecar connected since Open
 	snap      *model.Snapshot
+	found     []model.Problem // what translation found in the stored resources
 }
 
 // record is a registration as persisted.
@@ -478,9 +479,23 @@ func (s *Store) inputsLocked(objs translate.Objects) model.Inputs {
 	return in
 }
 
+// Problems returns what translation found in the stored resources (warnings
+// about fields accepted but not used, say) and the snapshot's own problems.
+func (s *Store) Problems() []model.Problem {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append(append([]model.Problem{}, s.found...), s.snap.Problems()...)
+}
+
 func (s *Store) rebuildLocked() {
 	start := time.Now()
-	objs, _, _ := translate.Translate(values(s.resources))
+	objs, errs, warns := translate.Translate(values(s.resources))
+	s.found = s.found[:0]
+	s.found = append(s.found, errs...)
+	for _, w := range warns {
+		w.Warning = true
+		s.found = append(s.found, w)
+	}
 	snap := model.Build(s.inputsLocked(objs))
 	if s.opts.ObserveBuild != nil {
 		s.opts.ObserveBuild(time.Since(start))

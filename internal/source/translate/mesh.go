@@ -18,7 +18,18 @@ const (
 	fieldEgress     = "spec.traffic.enableEgress"
 	fieldCertTTL    = "spec.certificate.serviceCertValidityDuration"
 	fieldSidecarLog = "spec.sidecar.logLevel"
+	fieldCPLog      = "spec.observability.osmLogLevel"
 )
+
+// actedOn says whether Trellis acts on a MeshConfig field; every other field
+// set is stored and reported as not used yet.
+func actedOn(field string) bool {
+	switch field {
+	case fieldPermissive, fieldEgress, fieldCertTTL, fieldSidecarLog, fieldCPLog:
+		return true
+	}
+	return false
+}
 
 // v1alpha2OnlyFields are MeshConfig spec fields that v1alpha1 lacks.
 func v1alpha2OnlyFields() []string {
@@ -53,6 +64,8 @@ func meshConfig(c *check, r Resource) model.MeshSettings {
 	}
 	s := in.Spec
 	oneOf(c, fieldSidecarLog, s.Sidecar.LogLevel, "trace", "debug", "info", "warning", "warn", "error", "critical", "off")
+	// OSM's control plane logs with zerolog, whose level words these are.
+	oneOf(c, fieldCPLog, s.Observability.OSMLogLevel, "trace", "debug", "info", "warn", "warning", "error", "fatal", "panic", "disabled", "off")
 	tls := []string{"TLS_AUTO", "TLSv1_0", "TLSv1_1", "TLSv1_2", "TLSv1_3"}
 	oneOf(c, "spec.sidecar.tlsMinProtocolVersion", s.Sidecar.TLSMinProtocolVersion, tls...)
 	oneOf(c, "spec.sidecar.tlsMaxProtocolVersion", s.Sidecar.TLSMaxProtocolVersion, tls...)
@@ -80,17 +93,20 @@ func meshConfig(c *check, r Resource) model.MeshSettings {
 		port(c, "spec.observability.tracing.port", p)
 	}
 	for _, f := range set {
-		if f != fieldPermissive && f != fieldEgress && f != fieldCertTTL && f != fieldSidecarLog {
+		if !actedOn(f) {
 			c.warnf(f, NotUsedYet)
 		}
 	}
+	tr := s.Observability.Tracing
 	return model.MeshSettings{
-		TrustDomain:     model.DefaultTrustDomain,
-		Permissive:      boolOr(s.Traffic.EnablePermissiveTrafficPolicyMode, true),
-		Egress:          boolOr(s.Traffic.EnableEgress, true),
-		CertValidity:    certTTL,
-		SidecarLogLevel: s.Sidecar.LogLevel,
-		Source:          "MeshConfig " + r.Namespace + "/" + r.Name,
+		TrustDomain:          model.DefaultTrustDomain,
+		Permissive:           boolOr(s.Traffic.EnablePermissiveTrafficPolicyMode, true),
+		Egress:               boolOr(s.Traffic.EnableEgress, true),
+		CertValidity:         certTTL,
+		SidecarLogLevel:      s.Sidecar.LogLevel,
+		ControlPlaneLogLevel: s.Observability.OSMLogLevel,
+		Tracing:              model.Tracing{Enable: boolOr(tr.Enable, false), Address: tr.Address, Port: tr.Port, Endpoint: tr.Endpoint},
+		Source:               "MeshConfig " + r.Namespace + "/" + r.Name,
 	}
 }
 

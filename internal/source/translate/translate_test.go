@@ -160,9 +160,14 @@ func TestTranslateMeshConfig(t *testing.T) {
 		wantWarned []string // fields warned about, each NotUsedYet
 	}{
 		{
-			name:       "OSM install with permissive mode off and tracing on",
-			file:       "meshconfig.yaml",
-			wantMesh:   &model.MeshSettings{TrustDomain: "cluster.local", Permissive: false, Egress: true, CertValidity: 24 * time.Hour, SidecarLogLevel: "error", Source: "MeshConfig osm-system/osm-mesh-config"},
+			name: "OSM install with permissive mode off and tracing on",
+			file: "meshconfig.yaml",
+			wantMesh: &model.MeshSettings{
+				TrustDomain: "cluster.local", Permissive: false, Egress: true, CertValidity: 24 * time.Hour,
+				SidecarLogLevel: "error", ControlPlaneLogLevel: "info",
+				Tracing: model.Tracing{Enable: true, Address: "jaeger.osm-system.svc.cluster.local", Port: 9411, Endpoint: "/api/v2/spans"},
+				Source:  "MeshConfig osm-system/osm-mesh-config",
+			},
 			wantConfig: []string{"MeshConfig osm-system/osm-mesh-config"},
 			wantWarned: []string{
 				"spec.certificate.certKeyBitSize",
@@ -174,7 +179,6 @@ func TestTranslateMeshConfig(t *testing.T) {
 				"spec.featureFlags.enableSnapshotCacheMode",
 				"spec.featureFlags.enableWASMStats",
 				"spec.observability.enableDebugServer",
-				"spec.observability.osmLogLevel",
 				"spec.observability.tracing.address",
 				"spec.observability.tracing.enable",
 				"spec.observability.tracing.endpoint",
@@ -288,6 +292,7 @@ func TestTranslateInvalid(t *testing.T) {
 		{"TCPRoute bookstore/matches-list", []want{{"spec.matches", "want an object, got a list"}}},
 		// MeshConfig
 		{"MeshConfig osm-system/bad-log-level", []want{{"spec.sidecar.logLevel", `"verbose" is not one of trace, debug, info, warning, warn, error, critical, off`}}},
+		{"MeshConfig osm-system/bad-osm-log-level", []want{{"spec.observability.osmLogLevel", `"chatty" is not one of trace, debug, info, warn, warning, error, fatal, panic, disabled, off`}}},
 		{"MeshConfig osm-system/bad-duration", []want{{"spec.certificate.serviceCertValidityDuration", "write one such as 30s, 5m or 24h"}}},
 		{"MeshConfig osm-system/bad-cidr", []want{{"spec.traffic.outboundIPRangeExclusionList[1]", `"10.0.0.1" is not an IP range in CIDR form`}}},
 		{"MeshConfig osm-system/bad-port", []want{{"spec.traffic.inboundPortExclusionList[0]", "port 99999 is not from 1 to 65535"}}},
