@@ -248,8 +248,8 @@ func (c *Client) CertifyUntilDone(ctx context.Context) error {
 
 // Renew keeps the certificate fresh: it renews at two thirds of its life, and
 // after a short random delay when the control plane announces a trust version
-// other than the certificate's, and retries with backoff on failure, keeping
-// the old certificate meanwhile.
+// other than the certificate's, and retries with backoff on failure (every
+// 30 s when refused), keeping the old certificate meanwhile.
 func (c *Client) Renew(ctx context.Context) {
 	for {
 		life := c.expires.Sub(c.issuedAt)
@@ -274,8 +274,20 @@ func (c *Client) Renew(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			c.cfg.Logger.Error("certificate renewal refused; keeping the current certificate until it expires", "err", err)
-			return
+			// Refused (a credential the control plane does not take now):
+			// keep the current certificate and ask again later rather than
+			// never, since the credential file may be refreshed and the
+			// control plane may have been mid-restart.
+			c.cfg.Logger.Error("certificate renewal refused; keeping the current certificate and asking again in 30s", "err", err)
+			if !sleep(ctx, 30*time.Second+rand.N(5*time.Second)) {
+				return
+			}
+			if c.trustStale() { // the renewal was for a new trust version: ask again
+				select {
+				case c.recertify <- struct{}{}:
+				default:
+				}
+			}
 		}
 	}
 }
