@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"sort"
 	"strconv"
@@ -44,6 +45,10 @@ func (p *Proxy) adminHandler() http.Handler {
 		}
 	})
 	mux.HandleFunc("GET /config", p.serveConfig)
+	// The runtime's profiles (CPU, heap, goroutines) on the admin listener,
+	// which is loopback-only by default: `go tool pprof http://ADMIN/debug/pprof/profile`.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	return mux
 }
 

@@ -316,6 +316,13 @@ func TestHTTPThroughTwoSidecars(t *testing.T) {
 			t.Errorf("/config endpoints (-want +got):\n%s", diff)
 		}
 	})
+
+	t.Run("pprof", func(t *testing.T) {
+		code, b := client.admin(t, "/debug/pprof/heap?debug=1")
+		if code != http.StatusOK || !bytes.Contains(b, []byte("# runtime.MemStats")) {
+			t.Fatalf("/debug/pprof/heap?debug=1 answers %d, want 200 with the MemStats:\n%.300s", code, b)
+		}
+	})
 }
 
 // largeBody is 1 MiB of deterministic noise.
