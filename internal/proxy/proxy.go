@@ -181,6 +181,9 @@ type Proxy struct {
 	// dialControl marks the sidecar's own sockets for capture (nil: none).
 	dialControl func(network, address string, c syscall.RawConn) error
 
+	// The HTTP/1.1 relays of the outbound and inbound listeners (h1relay.go).
+	h1out, h1in *h1Relay
+
 	// bound addresses, known once listening
 	Inbound, Outbound, Admin        net.Addr
 	CaptureOutbound, CaptureInbound net.Addr   // nil when not capturing
@@ -242,6 +245,7 @@ func New(o Options) (*Proxy, error) {
 			IdleConnTimeout: 60 * time.Second,
 		},
 	}
+	p.h1out, p.h1in = newH1Relay(p, sideOutbound), newH1Relay(p, sideInbound)
 	if o.AccessLog != nil {
 		p.access = telemetry.NewAccessLog(o.AccessLog)
 	}
@@ -360,7 +364,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	})
 	go p.sweepLoop(bg)
 
-	inbound := &http.Server{Handler: http.HandlerFunc(p.serveInbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	inbound := &http.Server{Handler: http.HandlerFunc(p.serveInbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ConnContext: relayConnContext}
 	// The outbound listener serves HTTP/1.1 (the app's HTTP proxy) and h2c
 	// with prior knowledge, told apart by net/http from the connection's
 	// first bytes (the HTTP/2 preface); see docs/adr/0004.
@@ -369,9 +373,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	outProtos.SetUnencryptedHTTP2(true)
 	outbound := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &outProtos}
 	acc := newTLSAcceptor(inLn, spiffe.ServerTLS(p.creds), p)
+	// HTTP/1.1 on both listeners goes through the relays, which hand the
+	// connections they do not take to these servers (h1relay.go).
+	outQueue := newConnQueue(outLn.Addr())
+	p.h1out.handoff, p.h1in.handoff = outQueue.push, acc.push
 	go acc.run()
 	go inbound.Serve(acc)
-	go outbound.Serve(outLn)
+	go outbound.Serve(outQueue)
+	go p.h1out.serveListener(outLn)
 	for i, ln := range fwdLns {
 		go p.serveTCPForward(bg, ln, p.opts.TCPForwards[i].Authority)
 	}
@@ -412,11 +421,19 @@ func (p *Proxy) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	closeFwd()
 	closeListeners(capLns)
+	outLn.Close()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		p.streams.drain(dctx) // tunnels and switched connections, which the servers forgot
 	}()
+	for _, r := range []*h1Relay{p.h1out, p.h1in} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.drain(dctx)
+		}()
+	}
 	for _, s := range servers {
 		wg.Add(1)
 		go func() {
@@ -499,6 +516,8 @@ func (p *Proxy) sweepLoop(ctx context.Context) {
 			return
 		case now := <-t.C:
 			p.dests.sweep(now)
+			p.h1out.sweep(now)
+			p.h1in.sweep(now)
 		}
 	}
 }
