@@ -81,6 +81,10 @@ type Options struct {
 	FirstConfigTimeout time.Duration
 
 	AccessLog io.Writer // JSON lines; nil: none
+	// AccessLogEvery gathers access log lines and writes them together at
+	// most this far apart; 0 (the default): each line is written at once.
+	// trellis-proxy sets 100ms (--access-log-every).
+	AccessLogEvery time.Duration
 	Logger    *slog.Logger
 	// LogLevel, when set, is the level Logger logs at; the mesh config's
 	// sidecar log level changes it while the sidecar runs, and
@@ -128,6 +132,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	})
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	accessLog := fs.Bool("access-log", true, "write JSON access log lines to stdout")
+	fs.DurationVar(&o.AccessLogEvery, "access-log-every", 100*time.Millisecond, "write access log lines together at most this far apart (0: each at once)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: trellis-proxy [flags]\n\nThe Trellis sidecar. The join token is read from $%s.\n\nExample:\n  %s=... trellis-proxy --ca-file ca.pem --workload-id bookstore/bookstore-v1-1a2b3c --app 127.0.0.1:14001\n\nFlags:\n", TokenEnv, TokenEnv)
 		fs.PrintDefaults()
@@ -247,7 +252,7 @@ func New(o Options) (*Proxy, error) {
 	}
 	p.h1out, p.h1in = newH1Relay(p, sideOutbound), newH1Relay(p, sideInbound)
 	if o.AccessLog != nil {
-		p.access = telemetry.NewAccessLog(o.AccessLog)
+		p.access = telemetry.NewAccessLogEvery(o.AccessLog, o.AccessLogEvery)
 	}
 	p.client = control.New(control.Config{
 		Address:        o.ControlPlane,
@@ -445,6 +450,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	acc.Close()
+	if p.access != nil {
+		p.access.Flush()
+	}
 	p.log.Info("stopped")
 	return nil
 }
