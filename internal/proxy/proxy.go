@@ -85,6 +85,7 @@ type Options struct {
 	// most this far apart; 0 (the default): each line is written at once.
 	// trellis-proxy sets 100ms (--access-log-every).
 	AccessLogEvery time.Duration
+
 	Logger    *slog.Logger
 	// LogLevel, when set, is the level Logger logs at; the mesh config's
 	// sidecar log level changes it while the sidecar runs, and
