@@ -81,17 +81,17 @@ type Options struct {
 	FirstConfigTimeout time.Duration
 
 	AccessLog io.Writer // JSON lines; nil: none
-	// AccessLogEvery gathers access log lines and writes them together at
-	// most this far apart; 0 (the default): each line is written at once.
-	// trellis-proxy sets 100ms (--access-log-every).
-	AccessLogEvery time.Duration
-
 	Logger    *slog.Logger
 	// LogLevel, when set, is the level Logger logs at; the mesh config's
 	// sidecar log level changes it while the sidecar runs, and
 	// DefaultLogLevel is what it returns to when the mesh config names none.
 	LogLevel        *slog.LevelVar
 	DefaultLogLevel slog.Level
+
+	// AccessLogEvery gathers access log lines and writes them together at
+	// most this far apart; 0 (the default): each line is written at once.
+	// trellis-proxy sets 100ms (--access-log-every).
+	AccessLogEvery time.Duration
 }
 
 // Run parses args as trellis-proxy's flags and runs the sidecar until ctx ends.
