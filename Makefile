@@ -34,6 +34,7 @@ fuzz: ## short runs of the fuzz targets
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeTranslate$$' -fuzztime $(FUZZTIME) ./internal/source/translate
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/spiffe
 	$(GO) test -run '^$$' -fuzz '^FuzzPrepareRequest$$' -fuzztime $(FUZZTIME) ./internal/proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/proxy/h1
 	$(GO) test -run '^$$' -fuzz '^FuzzDestinationRequest$$' -fuzztime $(FUZZTIME) ./internal/compile
 
 test: lint build test-unit fuzz e2e-kube ## everything CI runs (e2e-kube needs root)

@@ -129,11 +129,21 @@ func ParseRequest(b []byte, h *Head) error {
 	}
 	h.Target = line[:sp]
 	for _, c := range h.Target {
-		if c <= ' ' || c >= 0x7f {
+		if c <= ' ' || c >= 0x7f || c == '#' {
 			return ErrUnsupported
 		}
 	}
-	if h.Target[0] != '/' && !bytes.HasPrefix(h.Target, []byte("http://")) {
+	switch {
+	case h.Target[0] == '/':
+	case bytes.HasPrefix(h.Target, []byte("http://")):
+		auth := h.Target[len("http://"):]
+		if i := bytes.IndexAny(auth, "/?"); i >= 0 {
+			auth = auth[:i]
+		}
+		if !validAuthority(auth) {
+			return ErrUnsupported
+		}
+	default:
 		return ErrUnsupported
 	}
 	minor, ok := parseVersion(line[sp+1:])
@@ -144,7 +154,7 @@ func ParseRequest(b []byte, h *Head) error {
 	if err := parseFields(rest, h, true); err != nil {
 		return err
 	}
-	if h.Host == nil && h.Minor == 1 {
+	if (h.Host == nil && h.Minor == 1) || (h.Host != nil && len(h.Host) > 0 && !validAuthority(h.Host)) {
 		return ErrUnsupported // net/http answers 400
 	}
 	return nil
@@ -192,6 +202,23 @@ func ParseResponse(b []byte, toHEAD bool, h *Head) error {
 		h.Framing, h.KeepAlive = UntilClose, false
 	}
 	return nil
+}
+
+// validAuthority accepts a host[:port] of letters, digits and "-._:[]", a
+// subset of what net/http takes; anything else is left to net/http.
+func validAuthority(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '-' || c == '.' || c == '_' || c == ':' || c == '[' || c == ']':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // parseVersion reads "HTTP/1.0" or "HTTP/1.1".
