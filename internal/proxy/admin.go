@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"sort"
 	"strconv"
@@ -45,10 +44,7 @@ func (p *Proxy) adminHandler() http.Handler {
 		}
 	})
 	mux.HandleFunc("GET /config", p.serveConfig)
-	// The runtime's profiles (CPU, heap, goroutines) on the admin listener,
-	// which is loopback-only by default: `go tool pprof http://ADMIN/debug/pprof/profile`.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	addProfiles(mux) // /debug/pprof/, in builds with the pprof tag (admin_pprof.go)
 	return mux
 }
 
@@ -145,3 +141,4 @@ func readProcess() processInfo {
 	}
 	return pi
 }
+
