@@ -141,4 +141,3 @@ func readProcess() processInfo {
 	}
 	return pi
 }
-
