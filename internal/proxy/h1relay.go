@@ -107,6 +107,10 @@ func (s *h1Relay) serveListener(ln net.Listener) {
 // requests, as the net/http servers' IdleTimeout.
 const relayIdleTimeout = 2 * time.Minute
 
+// relayHeadTimeout bounds the arrival of the rest of a request head once its
+// first bytes came, as the net/http servers' ReadHeaderTimeout.
+const relayHeadTimeout = 10 * time.Second
+
 // serve relays requests on c until it closes, or hands it to net/http.
 func (s *h1Relay) serve(c net.Conn) {
 	rc := &relayConn{c: c}
@@ -139,8 +143,17 @@ func (s *h1Relay) serve(c net.Conn) {
 			return
 		}
 		c.SetReadDeadline(time.Now().Add(relayIdleTimeout))
-		head, err := h1.ReadHead(rc.br)
+		_, err := rc.br.Peek(1)
 		rc.idle.Store(false)
+		var head []byte
+		if err == nil {
+			if b, _ := rc.br.Peek(rc.br.Buffered()); h1.HeadLen(b) < 0 {
+				// A head that did not come whole gets what net/http's
+				// ReadHeaderTimeout gives it, not the idle timeout.
+				c.SetReadDeadline(time.Now().Add(relayHeadTimeout))
+			}
+			head, err = h1.ReadHead(rc.br)
+		}
 		if err != nil {
 			if rc.br.Buffered() > 0 && !isTimeout(err) {
 				// A head too large, or cut short: net/http answers it.
