@@ -5,6 +5,8 @@ BIN := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/trellis-mesh/trellis/internal/cli.Version=$(VERSION)
 FUZZTIME ?= 10s
+# BUILD_TAGS=pprof builds a sidecar whose admin listener serves /debug/pprof/.
+BUILD_TAGS ?=
 
 .PHONY: help build demo test test-deps test-unit test-e2e fuzz lint proto clean
 
@@ -13,7 +15,7 @@ help: ## list the targets
 
 build: ## build bin/trellis, bin/trellis-proxy and bin/trellis-capture
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/trellis ./cmd/trellis
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/trellis-proxy ./cmd/trellis-proxy
+	CGO_ENABLED=0 $(GO) build -trimpath -tags '$(BUILD_TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/trellis-proxy ./cmd/trellis-proxy
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/trellis-capture ./cmd/trellis-capture
 
 demo: build ## run the bookstore demo until Ctrl-C
@@ -34,6 +36,7 @@ fuzz: ## short runs of the fuzz targets
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeTranslate$$' -fuzztime $(FUZZTIME) ./internal/source/translate
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/spiffe
 	$(GO) test -run '^$$' -fuzz '^FuzzPrepareRequest$$' -fuzztime $(FUZZTIME) ./internal/proxy
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/proxy/h1
 	$(GO) test -run '^$$' -fuzz '^FuzzDestinationRequest$$' -fuzztime $(FUZZTIME) ./internal/compile
 
 test: lint build test-unit fuzz e2e-kube ## everything CI runs (e2e-kube needs root)

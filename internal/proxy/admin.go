@@ -44,6 +44,7 @@ func (p *Proxy) adminHandler() http.Handler {
 		}
 	})
 	mux.HandleFunc("GET /config", p.serveConfig)
+	addProfiles(mux) // /debug/pprof/, in builds with the pprof tag (admin_pprof.go)
 	return mux
 }
 

@@ -28,6 +28,9 @@ type destination struct {
 type route struct {
 	msg   *proxyv1.DestinationConfig
 	rules []*rule // in order; the first whose match accepts a request serves it
+	// readsHeaders says that a match or a balancer of the route reads the
+	// request's header fields; the HTTP/1.1 relay builds them only then.
+	readsHeaders bool
 }
 
 // rule is one route of a destination: its match and its weighted legs.
@@ -97,6 +100,9 @@ func newRouteStats(m *proxyv1.DestinationConfig, statsFor func(backend string) *
 	made := map[string]*backend{}
 	for _, rm := range m.GetRoutes() {
 		ru := &rule{msg: rm, match: newMatcher(rm.GetMatch())}
+		if ru.match != nil && len(ru.match.headers) > 0 {
+			r.readsHeaders = true
+		}
 		for _, wb := range rm.GetBackends() {
 			b, ok := byName[wb.GetBackend()]
 			if !ok || wb.GetWeight() == 0 {
@@ -110,6 +116,9 @@ func newRouteStats(m *proxyv1.DestinationConfig, statsFor func(backend string) *
 				}
 				be = newBackend(b, stats)
 				made[b.GetName()] = be
+				if be.hashHeader != "" {
+					r.readsHeaders = true
+				}
 			}
 			ru.add(be, wb.GetWeight())
 		}

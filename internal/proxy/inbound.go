@@ -56,12 +56,22 @@ func (a *tlsAcceptor) handshake(c net.Conn) {
 		return
 	}
 	tc.SetDeadline(time.Time{})
-	if tc.ConnectionState().NegotiatedProtocol == alpnTCP {
+	switch tc.ConnectionState().NegotiatedProtocol {
+	case alpnTCP:
 		a.p.serveInboundTCP(tc)
 		return
+	case "http/1.1", "":
+		a.p.h1in.serve(tc)
+		return
 	}
+	a.push(tc)
+}
+
+// push hands c to the inbound server, or closes it once the acceptor is
+// closed.
+func (a *tlsAcceptor) push(c net.Conn) {
 	select {
-	case a.conns <- tc:
+	case a.conns <- c:
 	case <-a.done:
 		c.Close()
 	}
@@ -97,8 +107,8 @@ func (p *Proxy) serveInbound(w http.ResponseWriter, r *http.Request) {
 		e.DestinationWorkload = pol.Config().GetWorkload()
 	}
 	src := ""
-	if r.TLS != nil {
-		if id, err := spiffe.PeerID(*r.TLS); err == nil {
+	if st := requestTLS(r); st != nil {
+		if id, err := spiffe.PeerID(*st); err == nil {
 			src = id.String()
 			l.SourceNamespace, l.SourceWorkload = id.Namespace, id.Account
 		}

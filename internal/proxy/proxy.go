@@ -87,6 +87,11 @@ type Options struct {
 	// DefaultLogLevel is what it returns to when the mesh config names none.
 	LogLevel        *slog.LevelVar
 	DefaultLogLevel slog.Level
+
+	// AccessLogEvery gathers access log lines and writes them together at
+	// most this far apart; 0 (the default): each line is written at once.
+	// trellis-proxy sets 100ms (--access-log-every).
+	AccessLogEvery time.Duration
 }
 
 // Run parses args as trellis-proxy's flags and runs the sidecar until ctx ends.
@@ -128,6 +133,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	})
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	accessLog := fs.Bool("access-log", true, "write JSON access log lines to stdout")
+	fs.DurationVar(&o.AccessLogEvery, "access-log-every", 100*time.Millisecond, "write access log lines together at most this far apart (0: each at once)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: trellis-proxy [flags]\n\nThe Trellis sidecar. The join token is read from $%s.\n\nExample:\n  %s=... trellis-proxy --ca-file ca.pem --workload-id bookstore/bookstore-v1-1a2b3c --app 127.0.0.1:14001\n\nFlags:\n", TokenEnv, TokenEnv)
 		fs.PrintDefaults()
@@ -180,6 +186,9 @@ type Proxy struct {
 	appH2     *http.Transport // h2c, prior knowledge, to the app
 	// dialControl marks the sidecar's own sockets for capture (nil: none).
 	dialControl func(network, address string, c syscall.RawConn) error
+
+	// The HTTP/1.1 relays of the outbound and inbound listeners (h1relay.go).
+	h1out, h1in *h1Relay
 
 	// bound addresses, known once listening
 	Inbound, Outbound, Admin        net.Addr
@@ -242,8 +251,9 @@ func New(o Options) (*Proxy, error) {
 			IdleConnTimeout: 60 * time.Second,
 		},
 	}
+	p.h1out, p.h1in = newH1Relay(p, sideOutbound), newH1Relay(p, sideInbound)
 	if o.AccessLog != nil {
-		p.access = telemetry.NewAccessLog(o.AccessLog)
+		p.access = telemetry.NewAccessLogEvery(o.AccessLog, o.AccessLogEvery)
 	}
 	p.client = control.New(control.Config{
 		Address:        o.ControlPlane,
@@ -360,7 +370,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	})
 	go p.sweepLoop(bg)
 
-	inbound := &http.Server{Handler: http.HandlerFunc(p.serveInbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	inbound := &http.Server{Handler: http.HandlerFunc(p.serveInbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ConnContext: relayConnContext}
 	// The outbound listener serves HTTP/1.1 (the app's HTTP proxy) and h2c
 	// with prior knowledge, told apart by net/http from the connection's
 	// first bytes (the HTTP/2 preface); see docs/adr/0004.
@@ -369,9 +379,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	outProtos.SetUnencryptedHTTP2(true)
 	outbound := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &outProtos}
 	acc := newTLSAcceptor(inLn, spiffe.ServerTLS(p.creds), p)
+	// HTTP/1.1 on both listeners goes through the relays, which hand the
+	// connections they do not take to these servers (h1relay.go).
+	outQueue := newConnQueue(outLn.Addr())
+	p.h1out.handoff, p.h1in.handoff = outQueue.push, acc.push
 	go acc.run()
 	go inbound.Serve(acc)
-	go outbound.Serve(outLn)
+	go outbound.Serve(outQueue)
+	go p.h1out.serveListener(outLn)
 	for i, ln := range fwdLns {
 		go p.serveTCPForward(bg, ln, p.opts.TCPForwards[i].Authority)
 	}
@@ -412,11 +427,19 @@ func (p *Proxy) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	closeFwd()
 	closeListeners(capLns)
+	outLn.Close()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		p.streams.drain(dctx) // tunnels and switched connections, which the servers forgot
 	}()
+	for _, r := range []*h1Relay{p.h1out, p.h1in} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.drain(dctx)
+		}()
+	}
 	for _, s := range servers {
 		wg.Add(1)
 		go func() {
@@ -428,6 +451,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	acc.Close()
+	if p.access != nil {
+		p.access.Flush()
+	}
 	p.log.Info("stopped")
 	return nil
 }
@@ -499,6 +525,8 @@ func (p *Proxy) sweepLoop(ctx context.Context) {
 			return
 		case now := <-t.C:
 			p.dests.sweep(now)
+			p.h1out.sweep(now)
+			p.h1in.sweep(now)
 		}
 	}
 }

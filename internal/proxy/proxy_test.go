@@ -316,6 +316,22 @@ func TestHTTPThroughTwoSidecars(t *testing.T) {
 			t.Errorf("/config endpoints (-want +got):\n%s", diff)
 		}
 	})
+
+	t.Run("pprof", func(t *testing.T) {
+		code, b := client.admin(t, "/debug/pprof/heap?debug=1")
+		if !proxy.ProfilesServed {
+			if code != http.StatusNotFound {
+				t.Errorf("/debug/pprof/heap?debug=1 answers %d in a build without the pprof tag, want 404", code)
+			}
+			return
+		}
+		if code != http.StatusOK || !bytes.Contains(b, []byte("# runtime.MemStats")) {
+			t.Fatalf("/debug/pprof/heap?debug=1 answers %d, want 200 with the MemStats:\n%.300s", code, b)
+		}
+		if code, _ := client.admin(t, "/debug/pprof/nonesuch"); code != http.StatusNotFound {
+			t.Errorf("/debug/pprof/nonesuch answers %d, want 404", code)
+		}
+	})
 }
 
 // largeBody is 1 MiB of deterministic noise.

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -181,6 +182,12 @@ func (l *lockedBuffer) Write(p []byte) (int, error) {
 	return l.buf.Write(p)
 }
 
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
 // unsafeBuffer is not safe for concurrent use; the race detector flags the
 // access log if it ever writes from two goroutines at once.
 type unsafeBuffer struct{ bytes.Buffer }
@@ -268,4 +275,64 @@ func BenchmarkAccessLog(b *testing.B) {
 			a.Log(e)
 		}
 	})
+}
+
+func TestAccessLogEveryGathersLines(t *testing.T) {
+	w := &lockedBuffer{}
+	a := NewAccessLogEvery(w, time.Hour)
+	for i := range 10 {
+		a.Log(&Entry{Status: 200 + i})
+	}
+	if got := w.String(); got != "" {
+		t.Fatalf("before Flush, the writer got %q; want nothing yet", got)
+	}
+	a.Flush()
+	lines := strings.Split(strings.TrimSuffix(w.String(), "\n"), "\n")
+	if len(lines) != 10 || w.writes != 1 {
+		t.Fatalf("after Flush: %d lines in %d writes, want 10 in 1", len(lines), w.writes)
+	}
+	for i, l := range lines {
+		if want := fmt.Sprintf(`"status":%d,`, 200+i); !strings.Contains(l, want) {
+			t.Errorf("line %d = %s, want it to hold %s (lines in order)", i, l, want)
+		}
+	}
+	a.Flush()
+	if w.writes != 1 {
+		t.Errorf("a Flush with nothing waiting wrote: %d writes, want 1", w.writes)
+	}
+}
+
+func TestAccessLogEveryWritesWithinTheInterval(t *testing.T) {
+	w := &lockedBuffer{}
+	a := NewAccessLogEvery(w, 20*time.Millisecond)
+	a.Log(&Entry{Path: "/first"})
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(w.String(), `"path":"/first"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("the line was not written within 5s of a 20ms interval")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestAccessLogEveryWritesWhenFull(t *testing.T) {
+	w := &lockedBuffer{}
+	a := NewAccessLogEvery(w, time.Hour)
+	for range 20 {
+		a.Log(&Entry{Path: strings.Repeat("p", 5000)})
+	}
+	if w.writes == 0 {
+		t.Error("100 KB of lines waiting and nothing written: the gathered lines are not bounded")
+	}
+}
+
+func TestAccessLogEveryCountsWriteErrors(t *testing.T) {
+	a := NewAccessLogEvery(failingWriter{errors.New("disk full")}, time.Hour)
+	for range 3 {
+		a.Log(&Entry{})
+	}
+	a.Flush()
+	if got := a.Failed(); got != 3 {
+		t.Errorf("Failed() = %d, want 3", got)
+	}
 }

@@ -1,0 +1,4 @@
+package proxy
+
+// ProfilesServed says whether this build serves /debug/pprof/ (the pprof tag).
+const ProfilesServed = profilesServed
