@@ -15,6 +15,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/controlplane"
 	"github.com/trellis-mesh/trellis/internal/inject"
+	"github.com/trellis-mesh/trellis/internal/spiffe"
 )
 
 type controlPlaneOptions struct {
@@ -28,6 +29,7 @@ type controlPlaneOptions struct {
 	kubeconfig, namespace, healthAddr, webhookAddr string
 	proxyImage, injectControlPlane                 string
 	captureImage                                   string
+	sidecarKeyType                                 string
 }
 
 func newControlPlaneCmd(g *globals) *cobra.Command {
@@ -80,6 +82,7 @@ stays in the state directory.`,
 	f.StringVar(&o.healthAddr, "health-listen", ":9091", "with --kubernetes: `address` of /healthz and /readyz")
 	f.StringVar(&o.webhookAddr, "webhook-listen", ":9443", "with --kubernetes and --proxy-image: `address` of the injection webhook (HTTPS, /mutate)")
 	f.StringVar(&o.proxyImage, "proxy-image", "", "with --kubernetes: the sidecar `image` to inject; empty: no injection webhook")
+	f.StringVar(&o.sidecarKeyType, "sidecar-key-type", "", "with --kubernetes and --proxy-image: the `type` of key injected sidecars make for their certificates: ecdsa-p256, ecdsa-p384, rsa-2048 or rsa-3072 (empty: ecdsa-p256)")
 	f.StringVar(&o.captureImage, "capture-image", "", "with --kubernetes and --proxy-image: the `image` of trellis-capture, injected as an init container that programs transparent capture; empty: no capture")
 	f.StringVar(&o.injectControlPlane, "inject-control-plane", "", "with --kubernetes: the `address` injected sidecars reach the control plane at; default: its Service's ClusterIP, port 15128")
 	return cmd
@@ -89,6 +92,11 @@ func (o *controlPlaneOptions) runKube(cmd *cobra.Command, log *slog.Logger, leve
 	cfg, err := kubeConfig(o.kubeconfig)
 	if err != nil {
 		return err
+	}
+	if o.sidecarKeyType != "" {
+		if _, err := spiffe.ParseKeyType(o.sidecarKeyType); err != nil {
+			return fmt.Errorf("--sidecar-key-type: %w", err)
+		}
 	}
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
@@ -101,7 +109,7 @@ func (o *controlPlaneOptions) runKube(cmd *cobra.Command, log *slog.Logger, leve
 	return controlplane.RunKube(cmd.Context(), controlplane.KubeOptions{
 		StateDir: o.stateDir, GRPCAddr: o.grpcAddr, HealthAddr: o.healthAddr, WebhookAddr: o.webhookAddr,
 		Client: client, Dynamic: dyn, Namespace: o.namespace, LeafTTL: o.leafTTL, Logger: log, LogLevel: level,
-		Inject: inject.Config{ProxyImage: o.proxyImage, ControlPlane: o.injectControlPlane, CaptureImage: o.captureImage},
+		Inject: inject.Config{ProxyImage: o.proxyImage, ControlPlane: o.injectControlPlane, CaptureImage: o.captureImage, KeyType: o.sidecarKeyType},
 	})
 }
 

@@ -48,7 +48,7 @@ service account and RBAC, its Service and Deployment, and the injection webhook.
 changes nothing. With --wait it shows progress until the control plane is ready (its caches
 synced) and the webhook carries its CA.
 
-Keys for --set: namespace, image, proxyImage, captureImage (empty: no transparent capture), pullPolicy, logLevel.`,
+Keys for --set: namespace, image, proxyImage, captureImage (empty: no transparent capture), pullPolicy, logLevel, sidecarKeyType.`,
 		Example: `  trellis install --wait
   trellis install --set image=localhost/trellis/trellis:dev --set pullPolicy=Never --wait`,
 		Args: cobra.NoArgs,

@@ -128,3 +128,16 @@ func TestMutatePreStop(t *testing.T) {
 		}
 	}
 }
+
+// TestMutateKeyType passes the configured key type to every sidecar.
+func TestMutateKeyType(t *testing.T) {
+	c := cfg
+	c.KeyType = "rsa-3072"
+	out, err := Mutate(bookstorePod(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := argValue(out.Spec.InitContainers[0].Args, "--key-type"); got != "rsa-3072" {
+		t.Errorf("sidecar --key-type = %q, want rsa-3072", got)
+	}
+}

@@ -81,6 +81,9 @@ type Config struct {
 	// programs transparent capture; empty: no capture, the app reaches the
 	// mesh through HTTP_PROXY only.
 	CaptureImage string
+	// KeyType of the key each sidecar makes for its certificate (ecdsa-p256,
+	// ecdsa-p384, rsa-2048, rsa-3072); empty: the sidecar's default, P-256.
+	KeyType string
 }
 
 // Decision says whether a pod is injected and why.
@@ -147,6 +150,9 @@ func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 	}
 	if p, ok := appPort(pod); ok {
 		args = append(args, "--app", "127.0.0.1:"+strconv.Itoa(int(p)))
+	}
+	if cfg.KeyType != "" {
+		args = append(args, "--key-type", cfg.KeyType)
 	}
 	captured := captureWanted(pod, cfg)
 	var capInit corev1.Container

@@ -22,6 +22,7 @@ func helmTemplate() string {
 		"{{.CaptureImage}}", "{{ .Values.captureImage }}",
 		"{{.PullPolicy}}", "{{ .Values.pullPolicy }}",
 		"{{.LogLevel}}", "{{ .Values.logLevel }}",
+		"{{.SidecarKeyType}}", "{{ .Values.sidecarKeyType }}",
 	).Replace(installYAML)
 }
 

@@ -24,17 +24,20 @@ type Values struct {
 	CaptureImage string
 	PullPolicy   string // IfNotPresent
 	LogLevel     string // info
+	// SidecarKeyType is the key type injected sidecars use; ecdsa-p256.
+	SidecarKeyType string
 }
 
 // DefaultValues returns the defaults of `trellis install`.
 func DefaultValues() Values {
 	return Values{
-		Namespace:    "trellis-system",
-		Image:        "localhost/trellis/trellis:dev",
-		ProxyImage:   "localhost/trellis/proxy:dev",
-		CaptureImage: "localhost/trellis/capture:dev",
-		PullPolicy:   "IfNotPresent",
-		LogLevel:     "info",
+		Namespace:      "trellis-system",
+		Image:          "localhost/trellis/trellis:dev",
+		ProxyImage:     "localhost/trellis/proxy:dev",
+		CaptureImage:   "localhost/trellis/capture:dev",
+		PullPolicy:     "IfNotPresent",
+		LogLevel:       "info",
+		SidecarKeyType: "ecdsa-p256",
 	}
 }
 
@@ -42,7 +45,7 @@ func DefaultValues() Values {
 func (v *Values) fields() map[string]*string {
 	return map[string]*string{
 		"namespace": &v.Namespace, "image": &v.Image, "proxyImage": &v.ProxyImage, "captureImage": &v.CaptureImage,
-		"pullPolicy": &v.PullPolicy, "logLevel": &v.LogLevel,
+		"pullPolicy": &v.PullPolicy, "logLevel": &v.LogLevel, "sidecarKeyType": &v.SidecarKeyType,
 	}
 }
 
