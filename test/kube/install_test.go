@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -51,10 +53,12 @@ func TestInstallUninstall(t *testing.T) {
 		}
 	})
 	start := time.Now()
-	progress := trellis(t, "install", "--wait", "--set", "pullPolicy=Never", "--timeout", "3m")
+	// RSA sidecars here (the walk-through's are P-256): the key type reaches
+	// every injected sidecar.
+	progress := trellis(t, "install", "--wait", "--set", "pullPolicy=Never", "--set", "sidecarKeyType=rsa-2048", "--timeout", "3m")
 	t.Logf("trellis install --wait: ready in %s\n%s", time.Since(start).Round(100*time.Millisecond), progress)
 	// Installing again changes nothing and succeeds.
-	trellis(t, "install", "--set", "pullPolicy=Never")
+	trellis(t, "install", "--set", "pullPolicy=Never", "--set", "sidecarKeyType=rsa-2048")
 
 	ns := c.Namespace(t, "shop", true)
 
@@ -79,6 +83,18 @@ func TestInstallUninstall(t *testing.T) {
 	m.app(t, ns, "bookbuyer", "bookbuyer", nil, 0, "bookbuyer", "--listen", "0.0.0.0:8080", "--bookstore", "http://bookstore."+ns+":14001")
 	m.waitRunning(t, ns, "bookstore")
 	buyerIP := m.waitRunning(t, ns, "bookbuyer")
+	var sc struct {
+		KeyType string `json:"certificate_key_type"`
+	}
+	resp, err := http.Get("http://" + net.JoinHostPort(buyerIP, "15000") + "/config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&sc)
+	resp.Body.Close()
+	if sc.KeyType != "rsa-2048" {
+		t.Errorf("bookbuyer's sidecar certificate key type %q, want rsa-2048 from sidecarKeyType", sc.KeyType)
+	}
 	servedNow := func(who string) func() error {
 		return func() error {
 			a := stats(t, buyerIP)
