@@ -292,6 +292,15 @@ func condition(typ, status, reason, msg string, gen int64, old []any, now time.T
 }
 
 func split(problems []model.Problem) (errs, warns []model.Problem) {
+	// In a fixed order, so that the same problems always give the same
+	// message and an unchanged object is never written again.
+	problems = append([]model.Problem(nil), problems...)
+	sort.SliceStable(problems, func(i, j int) bool {
+		if problems[i].Field != problems[j].Field {
+			return problems[i].Field < problems[j].Field
+		}
+		return problems[i].Message < problems[j].Message
+	})
 	for _, p := range problems {
 		if p.Warning {
 			warns = append(warns, p)
