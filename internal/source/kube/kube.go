@@ -338,9 +338,13 @@ func meshed(ns *corev1.Namespace) bool {
 // inputs gathers the model's inputs from the stores.
 func (s *Source) inputs() (model.Inputs, []model.Problem) {
 	inMesh := map[string]bool{}
+	leaving := map[string]bool{} // namespaces being deleted: their objects no longer count
 	for _, ns := range s.namespaces.list() {
 		if meshed(ns) {
 			inMesh[ns.Name] = true
+		}
+		if ns.DeletionTimestamp != nil {
+			leaving[ns.Name] = true
 		}
 	}
 	var in model.Inputs
@@ -452,11 +456,22 @@ func (s *Source) inputs() (model.Inputs, []model.Problem) {
 		if err != nil {
 			continue // a lister over a synced store does not fail
 		}
+		// In a fixed order (the lister's is random), so that where one
+		// object wins over another (one MeshConfig per mesh) the same one
+		// wins in every snapshot.
+		us := make([]*unstructured.Unstructured, 0, len(objs))
 		for _, o := range objs {
-			u, ok := o.(*unstructured.Unstructured)
-			if !ok {
-				continue
+			if u, ok := o.(*unstructured.Unstructured); ok && !leaving[u.GetNamespace()] {
+				us = append(us, u)
 			}
+		}
+		sort.Slice(us, func(i, j int) bool {
+			if us[i].GetNamespace() != us[j].GetNamespace() {
+				return us[i].GetNamespace() < us[j].GetNamespace()
+			}
+			return us[i].GetName() < us[j].GetName()
+		})
+		for _, u := range us {
 			r, err := resourceOf(u)
 			if err != nil {
 				problems = append(problems, model.Problem{Object: kind + " " + u.GetNamespace() + "/" + u.GetName(), Message: err.Error()})
