@@ -204,8 +204,9 @@ func ParseResponse(b []byte, toHEAD bool, h *Head) error {
 	return nil
 }
 
-// validAuthority accepts a host[:port] of letters, digits and "-._:[]", a
-// subset of what net/http takes; anything else is left to net/http.
+// validAuthority accepts a host[:port] of letters, digits and "-._:[]", with
+// a port of digits only, a subset of what net/http takes; anything else is
+// left to net/http.
 func validAuthority(b []byte) bool {
 	if len(b) == 0 {
 		return false
@@ -215,6 +216,32 @@ func validAuthority(b []byte) bool {
 		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
 		case c == '-' || c == '.' || c == '_' || c == ':' || c == '[' || c == ']':
 		default:
+			return false
+		}
+	}
+	// The port, when there is one, is digits: "[v6]:port" or "host:port".
+	var port []byte
+	if b[0] == '[' {
+		i := bytes.IndexByte(b, ']')
+		if i < 0 || bytes.ContainsAny(b[1:i], "[]") {
+			return false
+		}
+		if rest := b[i+1:]; len(rest) > 0 {
+			if rest[0] != ':' {
+				return false
+			}
+			port = rest[1:]
+		}
+	} else {
+		if bytes.ContainsAny(b, "[]") {
+			return false
+		}
+		if i := bytes.IndexByte(b, ':'); i >= 0 {
+			port = b[i+1:]
+		}
+	}
+	for _, c := range port {
+		if c < '0' || c > '9' {
 			return false
 		}
 	}
