@@ -196,13 +196,5 @@ func (p *Proxy) serveInboundTCP(tc *tls.Conn) {
 		tc.Close()
 		return
 	}
-	if !p.streams.add(tc) {
-		app.Close()
-		return
-	}
-	defer p.streams.done(tc)
-	p.metrics.ConnOpened(l)
-	sent, received := pipe(tc, app)
-	p.metrics.TCP(l, sent, received)
-	p.metrics.ConnClosed(l)
+	p.carry(tc, app, l)
 }

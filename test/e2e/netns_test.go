@@ -152,6 +152,28 @@ func serviceAddr(t *testing.T, state, name string) netip.Addr {
 	return netip.Addr{}
 }
 
+// registered waits until the workload named name is registered with its
+// namespace's address and, when ready is set, its sidecar answers /ready.
+func registered(t *testing.T, state, name string, ready bool) workload {
+	t.Helper()
+	var w workload
+	waitFor(t, 30*time.Second, name+"'s sidecar", func() bool {
+		w = workloads(t, state)[name]
+		if w.AdminAddress == "" {
+			return false
+		}
+		if !ready {
+			return true
+		}
+		resp, err := http.Get("http://" + w.AdminAddress + "/ready")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil && resp.StatusCode == 200
+	})
+	return w
+}
+
 // greeter serves a server-first protocol in the namespace at path: it says
 // hello before reading anything, then echoes one line.
 func greeter(t *testing.T, path, addr string) {
@@ -248,27 +270,12 @@ spec: {}
 	}
 	start(t, state, "run", "--isolation", "netns", "-n", "db", "--account", "greeter",
 		"--service", "greeter:7000/tcp-server-first", "--port", "7000", "--", "sleep", "600")
-	var server workload
-	waitFor(t, 30*time.Second, "the greeter's namespace", func() bool {
-		server = workloads(t, state)["greeter"]
-		return server.AdminAddress != ""
-	})
+	server := registered(t, state, "greeter", false)
 	serverNS := nsOf(t, server.AdminAddress)
 	greeter(t, serverNS, "127.0.0.1:7000")
 
 	start(t, state, "run", "--isolation", "netns", "-n", "shop", "--account", "client", "--", "sleep", "600")
-	var client workload
-	waitFor(t, 30*time.Second, "the client's sidecar", func() bool {
-		client = workloads(t, state)["client"]
-		if client.AdminAddress == "" {
-			return false
-		}
-		resp, err := http.Get("http://" + client.AdminAddress + "/ready")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil && resp.StatusCode == 200
-	})
+	client := registered(t, state, "client", true)
 	clientNS := nsOf(t, client.AdminAddress)
 	vip := serviceAddr(t, state, "db/greeter")
 
@@ -355,11 +362,7 @@ func TestCaptureGRPC(t *testing.T) {
 	dumpLogsOnFailure(t, state)
 	start(t, state, "run", "--isolation", "netns", "-n", "shop", "--account", "checkout",
 		"--service", "checkout:9000/grpc", "--port", "9000", "--", "sleep", "600")
-	var server workload
-	waitFor(t, 30*time.Second, "the server's namespace", func() bool {
-		server = workloads(t, state)["checkout"]
-		return server.AdminAddress != ""
-	})
+	server := registered(t, state, "checkout", false)
 	var ln net.Listener
 	if err := capture.InNamespace(nsOf(t, server.AdminAddress), func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:9000"); return err }); err != nil {
 		t.Fatal(err)
@@ -370,18 +373,7 @@ func TestCaptureGRPC(t *testing.T) {
 	t.Cleanup(gs.Stop)
 
 	start(t, state, "run", "--isolation", "netns", "-n", "shop", "--account", "web", "--", "sleep", "600")
-	var client workload
-	waitFor(t, 30*time.Second, "the client's sidecar", func() bool {
-		client = workloads(t, state)["web"]
-		if client.AdminAddress == "" {
-			return false
-		}
-		resp, err := http.Get("http://" + client.AdminAddress + "/ready")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil && resp.StatusCode == 200
-	})
+	client := registered(t, state, "web", true)
 	clientNS := nsOf(t, client.AdminAddress)
 	target := netip.AddrPortFrom(serviceAddr(t, state, "shop/checkout"), 9000).String()
 	cc, err := grpc.NewClient("passthrough:///"+target,
