@@ -116,8 +116,8 @@ stop() {
 stop_processes() {
 	local pids
 	# The node agents first, so nothing restarts pods while they go.
-	mapfile -t pids < <(recorded_alive kubelet kube-proxy kube-controller-manager kube-scheduler)
-	stop TERM 2 "kubelet, kube-proxy, controller-manager and scheduler" "${pids[@]}"
+	mapfile -t pids < <(recorded_alive kubelet kube-proxy kube-controller-manager kube-scheduler clusterdns)
+	stop TERM 2 "kubelet, kube-proxy, controller-manager, scheduler and clusterdns" "${pids[@]}"
 
 	local deadline=$((SECONDS + 10))
 	mapfile -t pids < <(pod_processes)

@@ -280,7 +280,7 @@ EOF
 	# InternalIP (a node IP cannot be a loopback address), so the API server
 	# reaches it for logs, exec and port-forward without leaving the machine.
 	# resolvConf "" gives pods no upstream DNS servers: no lookup leaves the
-	# machine.
+	# machine. Their one server is clusterdns, on the bridge address.
 	cat >"$RUN_DIR/etc/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -309,6 +309,8 @@ tlsPrivateKeyFile: $PKI/kubelet.key
 rotateCertificates: false
 serverTLSBootstrap: false
 resolvConf: ""
+clusterDNS: [$BRIDGE_ADDR]
+clusterDomain: cluster.local
 podCIDR: $POD_CIDR
 maxPods: 110
 serializeImagePulls: false
@@ -488,6 +490,24 @@ readiness() {
 	await kube-apiserver 10 "the kubernetes Service ($KUBERNETES_SERVICE_IP:443) to answer" \
 		curl -sf --max-time 2 --cacert "$PKI/ca.crt" "https://$KUBERNETES_SERVICE_IP/readyz"
 	log "kubernetes Service answers on its ClusterIP"
+	await clusterdns 20 "the cluster DNS ($BRIDGE_ADDR:53) to answer" dns_answers
+	log "cluster DNS answers for kubernetes.default.svc.cluster.local"
+}
+
+# --- cluster DNS ------------------------------------------------------------
+
+# build_clusterdns builds the cluster's DNS server from the project's module
+# (a few seconds with a warm Go cache) into a temporary file; main moves it
+# into the run directory.
+build_clusterdns() {
+	CLUSTERDNS_BIN=$(mktemp -d)/clusterdns
+	(cd "$CLUSTER_SRC/../.." && CGO_ENABLED=0 go build -trimpath -o "$CLUSTERDNS_BIN" ./test/cluster/clusterdns) ||
+		die "building test/cluster/clusterdns failed"
+	log "clusterdns built"
+}
+
+dns_answers() {
+	"$RUN_DIR/bin/clusterdns" --server "$BRIDGE_ADDR:53" --check "kubernetes.default.svc.cluster.local"
 }
 
 # --- main -------------------------------------------------------------------
@@ -506,10 +526,13 @@ main() {
 
 	install_packages
 	"$CLUSTER_SRC/build.sh" all
+	build_clusterdns
 	local pause_tar=$IMAGE_DIR/current/pause.tar
 	preflight
 
-	mkdir -p "$RUN_DIR"
+	mkdir -p "$RUN_DIR/bin"
+	mv "$CLUSTERDNS_BIN" "$RUN_DIR/bin/clusterdns"
+	rmdir "$(dirname "$CLUSTERDNS_BIN")"
 	: >"$STATE"
 	mkdir -p "$LOGS"
 	trap on_exit EXIT
@@ -565,6 +588,10 @@ main() {
 
 	await kube-apiserver 60 "kube-apiserver /readyz" curl_api /readyz
 	log "kube-apiserver ready"
+
+	# The cluster's DNS, from the project's own module (test/cluster/clusterdns):
+	# Services' names for pods, nothing else.
+	start clusterdns "$RUN_DIR/bin/clusterdns" --kubeconfig "$KUBECONFIG_FILE" --listen "$BRIDGE_ADDR:53"
 
 	start kube-controller-manager "$K8S_BIN/kube-controller-manager" \
 		--kubeconfig="$RUN_DIR/etc/controller-manager.kubeconfig" \
