@@ -7,9 +7,11 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -38,8 +40,9 @@ func newStatCmd(g *globals) *cobra.Command {
 requests it served in that window: requests per second, success rate, and p50 and p99
 latency (from the request duration histogram), plus the cumulative totals.
 
-With --kubernetes, the workloads are the meshed pods (of -n NAMESPACE, or of every namespace),
-and their sidecars are read through the API server's pod proxy.`,
+With --kubernetes, the meshed pods (of -n NAMESPACE, or of every namespace) are read through
+the API server's pod proxy, and each row is a workload: a Deployment, StatefulSet, DaemonSet
+or Job sums its pods; a pod of no such owner is a row of its own.`,
 		Example: "  trellis stat\n  trellis stat -n bookstore --window 5s -o json\n  trellis stat --kubernetes -n bookstore",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -72,13 +75,14 @@ func (o *statOptions) runKube(ctx context.Context, w io.Writer) error {
 	who := map[string]stat.WorkloadRef{}
 	for _, p := range pods.Items {
 		if p.Annotations[inject.InjectedAnnotation] == "true" && p.Status.Phase == corev1.PodRunning {
-			who[p.Namespace+"/"+p.Name] = stat.WorkloadRef{Namespace: p.Namespace, Name: p.Name}
+			who[p.Namespace+"/"+p.Name] = stat.WorkloadRef{Namespace: p.Namespace, Name: kubeWorkload(&p)}
 		}
 	}
 	scrape := func() map[string]*stat.Sample {
 		out := map[string]*stat.Sample{}
-		for id, ref := range who {
-			b, err := c.CoreV1().Pods(ref.Namespace).ProxyGet("http", ref.Name, strconv.Itoa(inject.AdminPort), "/metrics", nil).DoRaw(ctx)
+		for id := range who {
+			ns, pod, _ := strings.Cut(id, "/")
+			b, err := c.CoreV1().Pods(ns).ProxyGet("http", pod, strconv.Itoa(inject.AdminPort), "/metrics", nil).DoRaw(ctx)
 			if err != nil {
 				continue // shows with no data
 			}
@@ -96,6 +100,24 @@ func (o *statOptions) runKube(ctx context.Context, w io.Writer) error {
 	}
 	rows := stat.Compute(before, scrape(), o.window, who)
 	return output(w, o.output, rows, func() error { return stat.Table(w, rows) })
+}
+
+// kubeWorkload names the workload a pod belongs to: its controller's name (a
+// ReplicaSet made by a Deployment stands for the Deployment: its name is the
+// Deployment's and the pod template hash), else the pod's own.
+func kubeWorkload(p *corev1.Pod) string {
+	owner := metav1.GetControllerOf(p)
+	if owner == nil {
+		return p.Name
+	}
+	if owner.Kind == "ReplicaSet" {
+		if hash := p.Labels[appsv1.DefaultDeploymentUniqueLabelKey]; hash != "" {
+			if d, ok := strings.CutSuffix(owner.Name, "-"+hash); ok {
+				return d
+			}
+		}
+	}
+	return owner.Name
 }
 
 func (o *statOptions) run(ctx context.Context, w io.Writer) error {

@@ -62,6 +62,12 @@ func TestMutateCapture(t *testing.T) {
 	if u := sc.SecurityContext.RunAsUser; u == nil || *u != ProxyUID {
 		t.Errorf("sidecar runs as %v, want %d, the uid capture lets pass", u, ProxyUID)
 	}
+	// Capture carries the app's traffic: its environment is its own.
+	for _, e := range out.Spec.Containers[0].Env {
+		if strings.EqualFold(e.Name, "HTTP_PROXY") || strings.EqualFold(e.Name, "NO_PROXY") {
+			t.Errorf("captured app got %s=%q; want its environment left alone", e.Name, e.Value)
+		}
+	}
 	// Injecting the injected pod again adds nothing.
 	if d := Decide(out, nsWith(map[string]string{InjectKey: "enabled"}, nil)); d.Inject {
 		t.Errorf("an injected pod would be injected again: %s", d.Reason)
@@ -93,6 +99,12 @@ func TestMutateCaptureOptOutAndBadInput(t *testing.T) {
 	pod.Annotations = map[string]string{CaptureAnnotation: "disabled"}
 	if out, err = Mutate(pod, c); err != nil || slices.Contains(names(out.Spec.InitContainers), CaptureContainer) {
 		t.Errorf("capture opted out, yet injected (err %v): %v", err, names(out.Spec.InitContainers))
+	}
+	// Without capture, HTTP_PROXY is the app's way into the mesh.
+	if !slices.ContainsFunc(out.Spec.Containers[0].Env, func(e corev1.EnvVar) bool {
+		return e.Name == "HTTP_PROXY" && e.Value == "http://127.0.0.1:15001"
+	}) {
+		t.Errorf("capture opted out, and the app has no HTTP_PROXY to the sidecar: %v", out.Spec.Containers[0].Env)
 	}
 	for key, val := range map[string]string{
 		InboundPortExclusionAnnotation:     "http",

@@ -78,8 +78,8 @@ type Config struct {
 	// TokenSeconds is the projected token's lifetime; default 3600.
 	TokenSeconds int64
 	// CaptureImage holds trellis-capture, for the init container that
-	// programs transparent capture; empty: no capture, the app reaches the
-	// mesh through HTTP_PROXY only.
+	// programs transparent capture; empty: no capture, and the app reaches
+	// the mesh through the HTTP_PROXY injection sets.
 	CaptureImage string
 	// KeyType of the key each sidecar makes for its certificate (ecdsa-p256,
 	// ecdsa-p384, rsa-2048, rsa-3072); empty: the sidecar's default, P-256.
@@ -125,8 +125,10 @@ func Decide(pod *corev1.Pod, ns *corev1.Namespace) Decision {
 }
 
 // Mutate returns the injected pod: the capture init container (with a
-// capture image) and the sidecar first among the init containers, its
-// volumes, and HTTP_PROXY for the app containers. It does not change pod.
+// capture image) and the sidecar first among the init containers, and its
+// volumes. Without capture (no capture image, or the pod's opt-out) the app
+// containers get HTTP_PROXY, their one way into the mesh; with capture their
+// environment is left alone. It does not change pod.
 func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 	if cfg.ProxyImage == "" || cfg.ControlPlane == "" {
 		return nil, fmt.Errorf("injection is not configured: a proxy image and the control plane's address are required")
@@ -233,6 +235,11 @@ func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 				c.Lifecycle = &corev1.Lifecycle{}
 			}
 			c.Lifecycle.PreStop = &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: WithdrawSeconds}}
+		}
+		if captured {
+			// Capture carries the app's connections to the sidecar: its
+			// environment stays as the user wrote it.
+			continue
 		}
 		c.Env = setEnvDefault(c.Env, "HTTP_PROXY", proxyURL)
 		c.Env = setEnvDefault(c.Env, "http_proxy", proxyURL)

@@ -179,12 +179,8 @@ func TestInstallUninstall(t *testing.T) {
 	}
 
 	// Restarted, the apps run without the mesh: no sidecar is injected, and the
-	// client reaches the store by its Service's address (the test cluster has
-	// no DNS, which only the mesh's sidecars did without).
-	svc, err := c.Client.CoreV1().Services(ns).Get(bg, "bookstore", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// client reaches the store by the same name, through the cluster's DNS
+	// and kube-proxy alone.
 	for _, p := range []string{"bookstore", "bookbuyer"} {
 		if err := c.Client.CoreV1().Pods(ns).Delete(bg, p, metav1.DeleteOptions{GracePeriodSeconds: kubetest.Ptr(int64(0))}); err != nil {
 			t.Fatal(err)
@@ -198,7 +194,7 @@ func TestInstallUninstall(t *testing.T) {
 		return nil
 	})
 	m.app(t, ns, "bookstore", "bookstore", nil, 14001, "bookstore", "--listen", "0.0.0.0:14001", "--warehouse", "http://127.0.0.1:1")
-	m.app(t, ns, "bookbuyer", "bookbuyer", nil, 0, "bookbuyer", "--listen", "0.0.0.0:8080", "--bookstore", "http://"+svc.Spec.ClusterIP+":14001")
+	m.app(t, ns, "bookbuyer", "bookbuyer", nil, 0, "bookbuyer", "--listen", "0.0.0.0:8080", "--bookstore", "http://bookstore."+ns+":14001")
 	buyerIP = m.waitPlain(t, ns, "bookbuyer")
 	m.waitPlain(t, ns, "bookstore")
 	kubetest.Eventually(t, 60*time.Second, "bookbuyer served without the mesh", servedNow("bookbuyer"))

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -219,23 +220,17 @@ func TestBookstoreOnCluster(t *testing.T) {
 	warehouse := c.Namespace(t, "bookwarehouse", true)
 	m := startMesh(t, c, store, buyer, thief, warehouse)
 
-	storeURL := "http://bookstore." + store + ":14001"
+	// The apps arrive as in the walk-through: ServiceAccounts, Services and
+	// Deployments applied with kubectl. They call each other by name
+	// (bookstore.<namespace>:14001), resolved by the cluster's DNS; capture
+	// hands the connections to their sidecars.
+	kubetest.KubectlApply(t, bookstoreApps(store, buyer, thief, warehouse))
+	m.waitDeployment(t, warehouse, "app=bookwarehouse", 1)
+	storeIP := m.podIP(t, store, m.waitDeployment(t, store, "app=bookstore,version=v1", 1)[0])
+	buyerPod := m.waitDeployment(t, buyer, "app=bookbuyer", 1)[0]
+	buyerIP := m.podIP(t, buyer, buyerPod)
+	thiefIP := m.podIP(t, thief, m.waitDeployment(t, thief, "app=bookthief", 1)[0])
 	warehouseURL := "http://bookwarehouse." + warehouse + ":14001"
-	m.app(t, warehouse, "bookwarehouse", "bookwarehouse", nil, 14001, "bookwarehouse", "--listen", "127.0.0.1:14001")
-	m.service(t, warehouse, "bookwarehouse", map[string]string{"app": "bookwarehouse"}, 14001)
-	// As in OSM's demo: the root service holds every version; each version
-	// has a leaf service of its own.
-	m.service(t, store, "bookstore", map[string]string{"app": "bookstore"}, 14001)
-	m.service(t, store, "bookstore-v1", map[string]string{"app": "bookstore", "version": "v1"}, 14001)
-	m.service(t, store, "bookstore-v2", map[string]string{"app": "bookstore", "version": "v2"}, 14001)
-	m.app(t, store, "bookstore-v1", "bookstore", map[string]string{"app": "bookstore", "version": "v1"}, 14001,
-		"bookstore", "--listen", "127.0.0.1:14001", "--version", "v1", "--warehouse", warehouseURL)
-	m.app(t, buyer, "bookbuyer", "bookbuyer", nil, 0, "bookbuyer", "--listen", "0.0.0.0:8080", "--bookstore", storeURL)
-	m.app(t, thief, "bookthief", "bookthief", nil, 0, "bookthief", "--listen", "0.0.0.0:8080", "--bookstore", storeURL)
-	m.waitRunning(t, warehouse, "bookwarehouse")
-	storeIP := m.waitRunning(t, store, "bookstore-v1")
-	buyerIP := m.waitRunning(t, buyer, "bookbuyer")
-	thiefIP := m.waitRunning(t, thief, "bookthief")
 
 	// Permissive (no MeshConfig: OSM's default): bookbuyer is served.
 	kubetest.Eventually(t, 60*time.Second, "bookbuyer served in permissive mode", func() error {
@@ -345,7 +340,7 @@ spec:
 
 	// trellis proxy config reads the sidecar through the API server's pod proxy.
 	var out, errb bytes.Buffer
-	if code := cli.Main(context.Background(), []string{"proxy", "config", "--kubernetes", "-n", buyer, "bookbuyer", "-o", "json",
+	if code := cli.Main(context.Background(), []string{"proxy", "config", "--kubernetes", "-n", buyer, buyerPod, "-o", "json",
 		"--kubeconfig", os.Getenv(kubetest.KubeconfigEnv)}, &out, &errb); code != 0 {
 		t.Fatalf("trellis proxy config: exit %d: %s", code, errb.String())
 	}
@@ -362,7 +357,8 @@ spec:
 		t.Errorf("proxy config of bookbuyer: identity %q, destinations %+v; want bookbuyer's identity and bookstore.%s:14001", pc.Identity, pc.Destinations, store)
 	}
 
-	// trellis stat reads the same sidecars' metrics and sees bookstore serve.
+	// trellis stat reads the same sidecars' metrics and sees bookstore serve,
+	// in a row for its Deployment.
 	out.Reset()
 	errb.Reset()
 	if code := cli.Main(context.Background(), []string{"stat", "--kubernetes", "-n", store, "--window", "2s", "-o", "json",
@@ -497,6 +493,93 @@ spec:
 	if after.Failed != before.Failed || after.Denied != before.Denied || after.OK-before.OK < 20 {
 		t.Errorf("around the deletion of %s: failed %d→%d, denied %d→%d, served %d (reasons %v); want none failed", v2Pods[0], before.Failed, after.Failed, before.Denied, after.Denied, after.OK-before.OK, after.Reasons)
 	}
+}
+
+// bookstoreApps is the walk-through's apps in the four namespaces, as seed
+// 001 and OSM's demo deploy them: a ServiceAccount, a Service and a
+// Deployment each (bookbuyer and bookthief serve no one and have no
+// Service), the bookstore's root Service over every version and a leaf
+// Service per version. The images are Trellis's own demo apps, the names
+// and ports OSM's.
+func bookstoreApps(store, buyer, thief, warehouse string) string {
+	var b strings.Builder
+	app := func(ns, name, account string, labels map[string]string, port int, args string) {
+		var ls []string
+		for _, k := range slices.Sorted(maps.Keys(labels)) {
+			ls = append(ls, k+": "+labels[k])
+		}
+		sel := "{" + strings.Join(ls, ", ") + "}"
+		fmt.Fprintf(&b, `apiVersion: v1
+kind: ServiceAccount
+metadata: {name: %[3]s, namespace: %[1]s}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: %[2]s, namespace: %[1]s}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: %[4]s
+  template:
+    metadata:
+      labels: %[4]s
+`, ns, name, account, sel)
+		if port == 0 {
+			// A client's stats page (8080) is read by the test from the
+			// node, outside the mesh: inbound capture leaves it alone.
+			fmt.Fprintf(&b, "      annotations: {%s: \"8080\"}\n", inject.InboundPortExclusionAnnotation)
+		}
+		fmt.Fprintf(&b, `    spec:
+      serviceAccountName: %[1]s
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: %[2]s
+        image: localhost/trellis/trellis:dev
+        imagePullPolicy: Never
+        args: [demo-app, %[3]s]
+`, account, labels["app"], args)
+		if port != 0 {
+			fmt.Fprintf(&b, "        ports: [{name: web, containerPort: %d}]\n", port)
+		}
+		b.WriteString("---\n")
+	}
+	service := func(ns, name string, selector string) {
+		fmt.Fprintf(&b, `apiVersion: v1
+kind: Service
+metadata: {name: %[2]s, namespace: %[1]s, labels: {app: %[2]s}}
+spec:
+  selector: %[3]s
+  ports: [{name: %[2]s-port, port: 14001, targetPort: 14001}]
+---
+`, ns, name, selector)
+	}
+	warehouseURL := "http://bookwarehouse." + warehouse + ":14001"
+	storeURL := "http://bookstore." + store + ":14001"
+	service(warehouse, "bookwarehouse", "{app: bookwarehouse}")
+	app(warehouse, "bookwarehouse", "bookwarehouse", map[string]string{"app": "bookwarehouse"}, 14001, "bookwarehouse, --listen, 127.0.0.1:14001")
+	// As in OSM's demo: the root service holds every version; each version
+	// has a leaf service of its own.
+	service(store, "bookstore", "{app: bookstore}")
+	service(store, "bookstore-v1", "{app: bookstore, version: v1}")
+	service(store, "bookstore-v2", "{app: bookstore, version: v2}")
+	app(store, "bookstore-v1", "bookstore", map[string]string{"app": "bookstore", "version": "v1"}, 14001,
+		"bookstore, --listen, 127.0.0.1:14001, --version, v1, --warehouse, "+warehouseURL)
+	app(buyer, "bookbuyer", "bookbuyer", map[string]string{"app": "bookbuyer"}, 0, "bookbuyer, --listen, 0.0.0.0:8080, --bookstore, "+storeURL)
+	app(thief, "bookthief", "bookthief", map[string]string{"app": "bookthief"}, 0, "bookthief, --listen, 0.0.0.0:8080, --bookstore, "+storeURL)
+	return b.String()
+}
+
+// podIP returns a running pod's address.
+func (m *mesh) podIP(t *testing.T, ns, name string) string {
+	t.Helper()
+	p, err := m.c.Client.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Status.PodIP == "" {
+		t.Fatalf("pod %s/%s has no IP", ns, name)
+	}
+	return p.Status.PodIP
 }
 
 // deploymentPods lists the running pods matching selector whose containers
