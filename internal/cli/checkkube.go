@@ -25,23 +25,18 @@ const controlPlaneHealthPort = 9091
 // and certified, and it lists resources with problems and services with
 // endpoints outside the mesh.
 func (o *checkOptions) runKube(ctx context.Context, w io.Writer) error {
-	var res []CheckResult
-	add := func(check, object, result, format string, args ...any) {
-		res = append(res, CheckResult{Check: check, Object: object, Result: result, Detail: fmt.Sprintf(format, args...)})
-	}
-	cfg, err := kubeConfig(o.kubeconfig)
-	if err != nil {
-		add("kubernetes API", "", checkFail, "%v", err)
-		return o.report(w, res)
-	}
-	c, err := kubernetes.NewForConfig(cfg)
+	l, _, c, err := o.kubeCheck()
 	if err != nil {
 		return err
 	}
+	if c == nil {
+		return o.report(w, l.res)
+	}
+	add := l.add
 	st, where, err := o.kubeStatus(ctx, c)
 	if err != nil {
 		add("control plane", where, checkFail, "%v", err)
-		return o.report(w, res)
+		return o.report(w, l.res)
 	}
 	connected := 0
 	for _, wl := range st.Workloads {
@@ -51,15 +46,15 @@ func (o *checkOptions) runKube(ctx context.Context, w io.Writer) error {
 	}
 	add("control plane", where, checkOK, "serving snapshot %s: %d sidecar connections, %d of %d meshed pods connected, %d certificates issued",
 		st.Snapshot, st.Server.Connections, connected, len(st.Workloads), st.Server.CertificatesIssued)
-	res = append(res, meshChecks(st.Mesh)...)
-	res = append(res, problemChecks(st.Problems)...)
+	l.res = append(l.res, meshChecks(st.Mesh)...)
+	l.res = append(l.res, problemChecks(st.Problems)...)
 	for _, wl := range st.Workloads {
 		if !wl.Connected {
 			add("sidecar", wl.ID, checkFail, "not connected to the control plane: is the pod running, and does its sidecar reach the control plane? (kubectl logs -c %s)", inject.ProxyContainer)
 			continue
 		}
 		ns, pod, _ := strings.Cut(wl.ID, "/")
-		res = append(res, o.sidecarChecks(wl.ID, wl.InboundVersion, func(sc *sidecarConfig) error {
+		l.res = append(l.res, o.sidecarChecks(wl.ID, wl.InboundVersion, func(sc *sidecarConfig) error {
 			b, err := c.CoreV1().Pods(ns).ProxyGet("http", pod, strconv.Itoa(inject.AdminPort), "/config", nil).DoRaw(ctx)
 			if err != nil {
 				return fmt.Errorf("through the API server's pod proxy: %w", err)
@@ -67,7 +62,7 @@ func (o *checkOptions) runKube(ctx context.Context, w io.Writer) error {
 			return json.Unmarshal(b, sc)
 		})...)
 	}
-	return o.report(w, res)
+	return o.report(w, l.res)
 }
 
 // kubeStatus reads the control plane's /status: at --control-plane-health

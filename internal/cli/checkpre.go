@@ -10,6 +10,7 @@ import (
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/trellis-mesh/trellis/internal/manifests"
 )
@@ -18,27 +19,43 @@ import (
 // run native sidecars (init containers with restartPolicy Always) by default.
 const minKubeMinor = 29
 
+// checkList collects the results of a check.
+type checkList struct{ res []CheckResult }
+
+func (l *checkList) add(check, object, result, format string, args ...any) {
+	l.res = append(l.res, CheckResult{Check: check, Object: object, Result: result, Detail: fmt.Sprintf(format, args...)})
+}
+
+// kubeCheck starts a check of the cluster: its list of results and a client.
+// When the kubeconfig does not load, that is the one result and the client is
+// nil.
+func (o *checkOptions) kubeCheck() (*checkList, *rest.Config, *kubernetes.Clientset, error) {
+	l := &checkList{}
+	cfg, err := kubeConfig(o.kubeconfig)
+	if err != nil {
+		l.add("kubernetes API", "", checkFail, "%v", err)
+		return l, nil, nil, nil
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	return l, cfg, c, err
+}
+
 // runPre checks, before `trellis install`, that the cluster can take Trellis:
 // the API server answers, is recent enough for native sidecars, and lets the
 // caller create what install creates.
 func (o *checkOptions) runPre(ctx context.Context, w io.Writer) error {
-	var res []CheckResult
-	add := func(check, object, result, format string, args ...any) {
-		res = append(res, CheckResult{Check: check, Object: object, Result: result, Detail: fmt.Sprintf(format, args...)})
-	}
-	cfg, err := kubeConfig(o.kubeconfig)
-	if err != nil {
-		add("kubernetes API", "", checkFail, "%v", err)
-		return o.report(w, res)
-	}
-	c, err := kubernetes.NewForConfig(cfg)
+	l, cfg, c, err := o.kubeCheck()
 	if err != nil {
 		return err
 	}
+	if c == nil {
+		return o.report(w, l.res)
+	}
+	add := l.add
 	v, err := c.Discovery().ServerVersion()
 	if err != nil {
 		add("kubernetes API", cfg.Host, checkFail, "does not answer: %v", err)
-		return o.report(w, res)
+		return o.report(w, l.res)
 	}
 	add("kubernetes API", cfg.Host, checkOK, "answers, version %s", v.GitVersion)
 	minor, err := strconv.Atoi(strings.TrimRight(v.Minor, "+"))
@@ -79,5 +96,5 @@ func (o *checkOptions) runPre(ctx context.Context, w io.Writer) error {
 	} else {
 		add("namespace", ns, checkOK, "free")
 	}
-	return o.report(w, res)
+	return o.report(w, l.res)
 }
