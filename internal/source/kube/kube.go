@@ -1,5 +1,5 @@
 // Package kube is the Kubernetes source: client-go informers on Namespaces,
-// Services, EndpointSlices and Pods, and dynamic informers on the accepted custom
+// Services, EndpointSlices, Pods and ServiceAccounts, and dynamic informers on the accepted custom
 // resources (SMI, OSM and Gateway API routes), turned into model snapshots
 // through the same translators as local mode. It publishes no snapshot before
 // every informer has synced, so that no proxy is ever served from a partial view
@@ -99,6 +99,7 @@ type Source struct {
 	services   informersLister[*corev1.Service]
 	slices     informersLister[*discoveryv1.EndpointSlice]
 	pods       informersLister[*corev1.Pod]
+	accounts   cache.Store                    // ServiceAccounts, by namespace/name
 	custom     map[string]cache.GenericLister // by kind
 	gvrs       map[string]schema.GroupVersionResource
 	status     *statusWriter // nil unless Options.WriteStatus
@@ -217,6 +218,7 @@ func (s *Source) Run(ctx context.Context) error {
 	s.services.store = add(f.Core().V1().Services().Informer())
 	s.slices.store = add(f.Discovery().V1().EndpointSlices().Informer())
 	s.pods.store = add(f.Core().V1().Pods().Informer())
+	s.accounts = add(f.Core().V1().ServiceAccounts().Informer())
 
 	df := dynamicinformer.NewDynamicSharedInformerFactory(s.o.Dynamic, 0)
 	var watched []string
@@ -486,9 +488,31 @@ func (s *Source) inputs() (model.Inputs, []model.Problem) {
 		w.Warning = true // in force, with a remark
 		problems = append(problems, w)
 	}
+	problems = append(problems, s.missingAccounts(objs.Targets)...)
 	in.Mesh = objs.Mesh
 	in.Splits, in.Targets, in.RouteGroups, in.TCPRoutes, in.Routes = objs.Splits, objs.Targets, objs.RouteGroups, objs.TCPRoutes, objs.Routes
 	return in, problems
+}
+
+// missingAccounts warns of the ServiceAccounts TrafficTargets name that do
+// not exist: such a rule is in force but matches no workload, which is what a
+// misspelt name or namespace looks like.
+func (s *Source) missingAccounts(targets []model.TrafficTarget) []model.Problem {
+	var out []model.Problem
+	for _, tt := range targets {
+		check := func(field string, id model.Identity) {
+			if _, ok, _ := s.accounts.GetByKey(id.Namespace + "/" + id.Account); ok {
+				return
+			}
+			out = append(out, model.Problem{Object: "TrafficTarget " + tt.Key.Namespace + "/" + tt.Key.Name, Field: field, Warning: true,
+				Message: fmt.Sprintf("ServiceAccount %s/%s does not exist, so this names no workload until it does; check the name and namespace", id.Namespace, id.Account)})
+		}
+		check("spec.destination", tt.Destination)
+		for i, src := range tt.Sources {
+			check(fmt.Sprintf("spec.sources[%d]", i), src)
+		}
+	}
+	return out
 }
 
 // resourceOf turns a custom resource as the API server holds it into the

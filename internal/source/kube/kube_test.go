@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +54,19 @@ metadata: {name: broken, namespace: %s}
 spec:
   service: mysql
   backends: [{service: bookstore-v1, weight: 0}]
+`, ns))
+	// A TrafficTarget whose source ServiceAccount is misspelt: in force,
+	// and reported, until an account of that name exists.
+	if _, err := c.Client.CoreV1().ServiceAccounts(ns).Create(context.Background(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "bookstore"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.Apply(t, fmt.Sprintf(`apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: bookstore, namespace: %s}
+spec:
+  destination: {kind: ServiceAccount, name: bookstore, namespace: %[1]s}
+  rules: [{kind: TCPRoute, name: bookstore-tcp}]
+  sources: [{kind: ServiceAccount, name: bookbuyre, namespace: %[1]s}]
 `, ns))
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -136,6 +150,33 @@ spec:
 	if _, ok := snap.Workload(ns + "/bookstore-legacy"); ok {
 		t.Error("a pod without a sidecar is a workload of the mesh")
 	}
+
+	// The misspelt account is reported, by field; the destination, which
+	// exists, is not. Once the account exists the warning is gone.
+	missing := func() []string {
+		var out []string
+		for _, p := range src.Problems() {
+			if p.Object == "TrafficTarget "+ns+"/bookstore" && strings.Contains(p.Message, "does not exist") {
+				out = append(out, p.Field)
+			}
+		}
+		return out
+	}
+	kubetest.Eventually(t, 10*time.Second, "the misspelt ServiceAccount reported", func() error {
+		if got := missing(); !slices.Equal(got, []string{"spec.sources[0]"}) {
+			return fmt.Errorf("TrafficTarget fields reported as naming no ServiceAccount: %v; want spec.sources[0] only", got)
+		}
+		return nil
+	})
+	if _, err := c.Client.CoreV1().ServiceAccounts(ns).Create(context.Background(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "bookbuyre"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	kubetest.Eventually(t, 10*time.Second, "the warning gone once the ServiceAccount exists", func() error {
+		if got := missing(); len(got) != 0 {
+			return fmt.Errorf("still reported: %v", got)
+		}
+		return nil
+	})
 
 	// A change reaches the snapshot: delete the split.
 	before := snap.Hash()
