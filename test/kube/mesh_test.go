@@ -348,13 +348,25 @@ spec:
 		Identity     string `json:"identity"`
 		Destinations []struct {
 			Authority string `json:"authority"`
+			Config    struct {
+				Service string `json:"service"`
+			} `json:"config"`
 		} `json:"destinations"`
 	}
 	if err := json.Unmarshal(out.Bytes(), &pc); err != nil {
 		t.Fatalf("trellis proxy config -o json: %v\n%s", err, out.String())
 	}
-	if pc.Identity != "spiffe://cluster.local/ns/"+buyer+"/sa/bookbuyer" || len(pc.Destinations) == 0 || pc.Destinations[0].Authority != "bookstore."+store+":14001" {
-		t.Errorf("proxy config of bookbuyer: identity %q, destinations %+v; want bookbuyer's identity and bookstore.%s:14001", pc.Identity, pc.Destinations, store)
+	// bookbuyer called bookstore by name, which the cluster's DNS turned
+	// into the Service's ClusterIP: capture hands the sidecar the address,
+	// and it holds the destination by it, resolved to the service.
+	storeSvc, err := m.c.Client.CoreV1().Services(store).Get(context.Background(), "bookstore", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantAuthority := net.JoinHostPort(storeSvc.Spec.ClusterIP, "14001")
+	if pc.Identity != "spiffe://cluster.local/ns/"+buyer+"/sa/bookbuyer" || len(pc.Destinations) != 1 ||
+		pc.Destinations[0].Authority != wantAuthority || pc.Destinations[0].Config.Service != "bookstore."+store {
+		t.Errorf("proxy config of bookbuyer: identity %q, destinations %+v; want bookbuyer's identity and %s, service bookstore.%s", pc.Identity, pc.Destinations, wantAuthority, store)
 	}
 
 	// trellis stat reads the same sidecars' metrics and sees bookstore serve,
