@@ -35,27 +35,70 @@ func kubectlResult(t *testing.T, stdin string, args ...string) (string, error) {
 	return string(out), err
 }
 
-// schemaExamples are the YAML files users apply: the bookstore example, OSM's
-// walk-through (its docs' manifests, the v1alpha1 MeshConfig included), and
-// the translator's fixtures of valid objects, among them a MeshConfig and OSM
-// policies that set every field OSM's schemas have.
-func schemaExamples(t *testing.T) []string {
+// schemaExample is a YAML file to apply.
+type schemaExample struct {
+	file string
+	// fixture: a translator fixture, some of which are objects as `kubectl
+	// get -o yaml` prints them; the server's metadata fields are dropped
+	// before applying. Otherwise the file is applied as it is.
+	fixture bool
+}
+
+// schemaExamples are the YAML files users apply, the bookstore example and
+// OSM's walk-through (its docs' manifests), and the translator's fixtures of
+// valid objects, among them MeshConfigs of both versions and OSM policies that
+// set every field OSM's schemas have.
+func schemaExamples(t *testing.T) []schemaExample {
 	t.Helper()
-	var files []string
-	for _, pattern := range []string{
-		"../../examples/bookstore/*.yaml",
-		"../../internal/source/translate/testdata/bookstore/*.yaml",
-		"../../internal/source/translate/testdata/*.yaml",
-		"../../internal/source/translate/testdata/gateway/*.yaml",
-		"../../internal/source/translate/testdata/schema/*.yaml",
+	var out []schemaExample
+	for _, p := range []struct {
+		pattern string
+		fixture bool
+	}{
+		{"../../examples/bookstore/*.yaml", false},
+		{"../../internal/source/translate/testdata/bookstore/*.yaml", false},
+		{"../../internal/source/translate/testdata/*.yaml", true},
+		{"../../internal/source/translate/testdata/gateway/*.yaml", true},
+		{"../../internal/source/translate/testdata/schema/*.yaml", true},
 	} {
-		m, err := filepath.Glob(pattern)
+		m, err := filepath.Glob(p.pattern)
 		if err != nil || len(m) == 0 {
-			t.Fatalf("%s: %d files (%v)", pattern, len(m), err)
+			t.Fatalf("%s: %d files (%v)", p.pattern, len(m), err)
 		}
-		files = append(files, m...)
+		for _, f := range m {
+			out = append(out, schemaExample{f, p.fixture})
+		}
 	}
-	return files
+	return out
+}
+
+// withoutServerFields drops from every document's metadata what the API
+// server sets (resourceVersion, uid, ...), as `kubectl get -o yaml` prints it.
+func withoutServerFields(t *testing.T, b []byte) []byte {
+	t.Helper()
+	var out [][]byte
+	for _, doc := range bytes.Split(b, []byte("\n---\n")) {
+		var o map[string]any
+		if err := yaml.Unmarshal(doc, &o); err != nil {
+			t.Fatal(err)
+		}
+		if o == nil {
+			continue // comments only
+		}
+		if meta, ok := o["metadata"].(map[string]any); ok {
+			for k := range meta {
+				if k != "name" && k != "namespace" && k != "labels" && k != "annotations" {
+					delete(meta, k)
+				}
+			}
+		}
+		y, err := yaml.Marshal(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, y)
+	}
+	return bytes.Join(out, []byte("---\n"))
 }
 
 // object is one document of a file, as written.
@@ -92,14 +135,20 @@ func documents(t *testing.T, file string, b []byte) []object {
 func TestSchemaOnCluster(t *testing.T) {
 	c := kubetest.New(t)
 	ctx := context.Background()
-	files := schemaExamples(t)
+	examples := schemaExamples(t)
+	var files []string
 	contents := map[string][]byte{}
 	namespaces := map[string]bool{}
-	for _, f := range files {
+	for _, e := range examples {
+		f := e.file
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
+		if e.fixture {
+			b = withoutServerFields(t, b)
+		}
+		files = append(files, f)
 		contents[f] = b
 		for _, o := range documents(t, f, b) {
 			if o.Metadata.Namespace != "" {
