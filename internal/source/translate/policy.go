@@ -3,6 +3,7 @@ package translate
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 
@@ -147,7 +148,7 @@ func policyFields(c *check, kind string, obj map[string]any) {
 		if rl, ok := spec.get("rateLimit"); ok {
 			if l, ok := rl.get("local"); ok {
 				if t, ok := l.get("tcp"); ok {
-					c.between(t, "connections", 1, maxTotalWeight, "allow at least 1 connection per unit")
+					c.between(t, "connections", 1, math.MaxUint32, "allow at least 1 connection per unit")
 					c.enum(t, "unit", "unit", "second", "minute", "hour")
 				}
 				if h, ok := l.get("http"); ok {
@@ -184,7 +185,7 @@ func matches(c *check, spec node) {
 
 // httpRateLimit checks a local HTTP rate limit, of the host or of a route.
 func httpRateLimit(c *check, h node) {
-	c.between(h, "requests", 1, maxTotalWeight, "allow at least 1 request per unit")
+	c.between(h, "requests", 1, math.MaxUint32, "allow at least 1 request per unit")
 	c.enum(h, "unit", "unit", "second", "minute", "hour")
 	c.between(h, "responseStatusCode", 400, 599, "answer limited requests with an error status, such as 429")
 	for _, a := range h.items("responseHeadersToAdd") {
