@@ -43,9 +43,9 @@ func newInstallCmd(g *globals) *cobra.Command {
 		Use:   "install",
 		Short: "Install Trellis on a Kubernetes cluster",
 		Long: `Applies, from manifests in this binary: the CRDs of every kind Trellis accepts (SMI, OSM
-policy and config, Gateway API routes), the trellis-system namespace, the control plane's
-service account and RBAC, its Service and Deployment, and the injection webhook. Applying again
-changes nothing. With --wait it shows progress until the control plane is ready (its caches
+policy and config with their schemas, and the Gateway API's own HTTPRoute and GRPCRoute CRDs,
+standard channel), the trellis-system namespace, the control plane's service account and RBAC,
+its Service and Deployment, and the injection webhook. Applying again changes nothing. With --wait it shows progress until the control plane is ready (its caches
 synced) and the webhook carries its CA.
 
 Keys for --set: namespace, image, proxyImage, captureImage (empty: no transparent capture), pullPolicy, logLevel, sidecarKeyType.`,
@@ -70,7 +70,8 @@ func newUninstallCmd(g *globals) *cobra.Command {
 		Long: `Deletes the injection webhook first (so no new pod is injected), then the control plane, its
 RBAC and its namespace. Pods already injected keep their sidecars until they are restarted;
 restart them (kubectl rollout restart) to run without the mesh. The CRDs, and so the users'
-TrafficTargets, TrafficSplits and routes, are kept unless --delete-crds is given.`,
+TrafficTargets, TrafficSplits and routes, are kept unless --delete-crds is given; it deletes
+the HTTPRoute and GRPCRoute CRDs too, and with them every route, a gateway's included.`,
 		Example: `  trellis uninstall
   trellis uninstall --delete-crds`,
 		Args: cobra.NoArgs,

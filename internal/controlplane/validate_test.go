@@ -47,7 +47,7 @@ metadata: {name: r}
 spec:
   source: {kind: ServiceAccount, name: bookbuyer, namespace: bookbuyer}
   destinations: [{kind: Service, name: bookstore, namespace: bookstore}]
-  retryPolicy: {retryOn: 5xx, numRetries: 3}`, true, "not enforced by Trellis yet"},
+  retryPolicy: {retryOn: 5xx, perTryTimeout: 1s, numRetries: 3, retryBackoffBaseInterval: 25ms}`, true, "not enforced by Trellis yet"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -155,7 +155,8 @@ func decodeStrict(c *check, r Resource, into any) (map[string]any, bool) {
 
 func keyOf(r Resource) model.Key { return model.Key{Namespace: r.Namespace, Name: r.Name} }
 
-// policy checks an OSM policy object, which Trellis stores but does not enforce.
+// policy checks an OSM policy object, which Trellis stores but does not
+// enforce: its shape, and the fields OSM's CRDs require or limit (policy.go).
 func policy(c *check, r Resource) {
 	var into any
 	switch r.Kind {
@@ -171,7 +172,12 @@ func policy(c *check, r Resource) {
 		c.errorf("", "%v", &NotAcceptedError{APIVersion: r.APIVersion, Kind: r.Kind})
 		return
 	}
-	if _, ok := decodeStrict(c, r, into); ok {
+	m, ok := decodeStrict(c, r, into)
+	if !ok {
+		return
+	}
+	policyFields(c, r.Kind, m)
+	if c.ok() {
 		c.warnf("", NotEnforcedYet)
 	}
 }
