@@ -30,6 +30,11 @@ func httpRoute(c *check, r Resource) model.Route {
 		return model.Route{}
 	}
 	out := routeHead(c, r, model.RouteKindHTTP, in.CreationTimestamp.Time, in.Spec.ParentRefs, len(in.Spec.Hostnames))
+	if defaultedRules(in.Spec.Rules) {
+		// The API server wrote the CRD's default for a route without rules:
+		// the same route as one applied locally without them.
+		in.Spec.Rules = nil
+	}
 	for i, rule := range in.Spec.Rules {
 		f := fmt.Sprintf("spec.rules[%d]", i)
 		mr := model.RouteRule{Name: ruleName(rule.Name, i)}
@@ -114,6 +119,24 @@ func routeHead(c *check, r Resource, kind model.RouteKind, created time.Time, re
 		c.warnf("spec.hostnames", "ignored: a route attached to a Service matches the requests for that Service whatever their host")
 	}
 	return out
+}
+
+// defaultedRules says whether rules are exactly what the Gateway API's
+// HTTPRoute CRD fills in when a route has none: one rule, matching PathPrefix
+// "/", with nothing else.
+func defaultedRules(rules []gatewayv1.HTTPRouteRule) bool {
+	if len(rules) != 1 {
+		return false
+	}
+	r := rules[0]
+	if r.Name != nil || len(r.Filters) > 0 || len(r.BackendRefs) > 0 || r.Timeouts != nil || r.Retry != nil || r.SessionPersistence != nil || len(r.Matches) != 1 {
+		return false
+	}
+	m := r.Matches[0]
+	if len(m.Headers) > 0 || len(m.QueryParams) > 0 || m.Method != nil || m.Path == nil {
+		return false
+	}
+	return m.Path.Type != nil && *m.Path.Type == gatewayv1.PathMatchPathPrefix && m.Path.Value != nil && *m.Path.Value == "/"
 }
 
 // defaultRule gives a route without rules the Gateway API's default: one rule

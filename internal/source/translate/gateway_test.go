@@ -151,3 +151,40 @@ func TestTranslateRouteIgnoresGatewayParent(t *testing.T) {
 		t.Errorf("rules (-want +got):\n%s", diff)
 	}
 }
+
+// TestHTTPRouteDefaultedRules: the rule the API server fills in for an
+// HTTPRoute without rules (the CRD's default) translates as no rules at all,
+// so a route behaves the same applied locally and read from a cluster; a
+// rule that differs from the default in anything stays a rule.
+func TestHTTPRouteDefaultedRules(t *testing.T) {
+	route := func(rules string) []model.Route {
+		t.Helper()
+		rs, err := Decode([]byte(`apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: bookstore}
+spec:
+  parentRefs: [{group: "", kind: Service, name: bookstore, port: 14001}]
+`+rules), "route.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, errs, _ := Translate(rs)
+		if len(errs) > 0 {
+			return nil
+		}
+		return objs.Routes
+	}
+	bare := route("")
+	if len(bare) != 1 || len(bare[0].Rules) != 1 || len(bare[0].Rules[0].Backends) != 1 || bare[0].Rules[0].Backends[0].Service.Name != "bookstore" {
+		t.Fatalf("a route without rules = %+v, want one rule to its parent", bare)
+	}
+	defaulted := route("  rules:\n  - matches:\n    - path: {type: PathPrefix, value: /}\n")
+	if diff := cmp.Diff(bare, defaulted); diff != "" {
+		t.Errorf("the CRD's defaulted rule translates unlike no rules (-none +defaulted):\n%s", diff)
+	}
+	// Anything more than the default is the user's rule, and one without
+	// backendRefs is refused.
+	if got := route("  rules:\n  - matches:\n    - path: {type: PathPrefix, value: /v1}\n"); got != nil {
+		t.Errorf("a rule of /v1 without backendRefs was accepted: %+v", got)
+	}
+}
