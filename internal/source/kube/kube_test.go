@@ -157,7 +157,7 @@ spec:
 	missing := func() []string {
 		var out []string
 		for _, p := range src.Problems() {
-			if p.Object == "TrafficTarget "+ns+"/bookstore" && strings.Contains(p.Message, "does not exist") {
+			if p.Object == "TrafficTarget "+ns+"/bookstore" && strings.Contains(p.Message, "ServiceAccount") && strings.Contains(p.Message, "does not exist") {
 				out = append(out, p.Field)
 			}
 		}
