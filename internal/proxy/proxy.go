@@ -390,8 +390,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	for i, ln := range fwdLns {
 		go p.serveTCPForward(bg, ln, p.opts.TCPForwards[i].Authority)
 	}
-	// Captured HTTP connections are served like the outbound listener's,
-	// each request knowing where its connection was going.
+	// Captured HTTP connections are served like the outbound listener's:
+	// HTTP/1.1 by the outbound relay, HTTP/2 and what the relay hands over by
+	// this server, each request knowing where its connection was going.
 	captured := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &outProtos,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if cc, ok := c.(*capturedConn); ok {
@@ -402,6 +403,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	servers := []*http.Server{inbound, outbound}
 	if ln := capLns[0]; ln != nil {
 		q := newConnQueue(ln.Addr())
+		p.h1out.handoffCaptured = q.push
 		go captured.Serve(q)
 		go p.serveCaptureOutbound(bg, ln, q)
 		servers = append(servers, captured)

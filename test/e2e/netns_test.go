@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -420,4 +421,235 @@ func TestCaptureGRPC(t *testing.T) {
 	if !regexp.MustCompile(`trellis_requests_total\{direction="outbound"[^}]*destination_service="checkout.shop"[^}]*response_code="200",grpc_status="0"`).Match(b) {
 		t.Errorf("the client sidecar counted no gRPC OK to checkout.shop:\n%s", b)
 	}
+}
+
+// handWrittenHTTP serves HTTP/1.1 in the namespace at path, writing each
+// response by hand, with a reason phrase of its own and a lower-case field
+// name: the sidecars' relay passes both on as they are, where net/http writes
+// "200 OK" and canonical names. The body is the request's method, target and
+// Host, as the app received them.
+func handWrittenHTTP(t *testing.T, path, addr string) {
+	t.Helper()
+	var ln net.Listener
+	if err := capture.InNamespace(path, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					r, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, r.Body)
+					body := r.Method + " " + r.RequestURI + " " + r.Host
+					if _, err := fmt.Fprintf(c, "HTTP/1.1 200 Relayed As Is\r\nx-app-note: lower case\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+}
+
+// rawResponse is a response as it came on the wire.
+type rawResponse struct {
+	statusLine string
+	fields     []string // "name: value", as written
+	body       string
+}
+
+// exchangeRaw writes req on c and reads the final response from br: interim
+// responses are skipped, the body is read by its Content-Length.
+func exchangeRaw(c net.Conn, br *bufio.Reader, req string) (rawResponse, error) {
+	var r rawResponse
+	if _, err := io.WriteString(c, req); err != nil {
+		return r, err
+	}
+	for {
+		r = rawResponse{}
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return r, err
+		}
+		r.statusLine = strings.TrimRight(line, "\r\n")
+		length := 0
+		for {
+			f, err := br.ReadString('\n')
+			if err != nil {
+				return r, err
+			}
+			if f = strings.TrimRight(f, "\r\n"); f == "" {
+				break
+			}
+			r.fields = append(r.fields, f)
+			if name, v, _ := strings.Cut(f, ":"); strings.EqualFold(name, "content-length") {
+				length, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+		}
+		if strings.HasPrefix(r.statusLine, "HTTP/1.1 1") {
+			continue
+		}
+		b := make([]byte, length)
+		_, err = io.ReadFull(br, b)
+		r.body = string(b)
+		return r, err
+	}
+}
+
+// TestCaptureHTTP1OnTheRelay: an app's HTTP/1.1 connection to a service's
+// virtual address, taken by capture, is served by the sidecar's HTTP/1.1
+// relay, as the explicit proxy's are (the relay passes the app's reason
+// phrase and field names on as they are, net/http does not), and a request
+// the relay does not take goes to net/http on the same connection, which keeps
+// it. Both are sent where the original destination says, counted in one
+// series and logged alike.
+func TestCaptureHTTP1OnTheRelay(t *testing.T) {
+	needNetns(t)
+	state := t.TempDir()
+	controlPlane(t, state)
+	dumpLogsOnFailure(t, state)
+	start(t, state, "run", "--isolation", "netns", "-n", "shop", "--account", "web",
+		"--service", "web:8080/http", "--port", "8080", "--", "sleep", "600")
+	server := registered(t, state, "web", false)
+	handWrittenHTTP(t, nsOf(t, server.AdminAddress), "127.0.0.1:8080")
+
+	clientProc := start(t, state, "run", "--isolation", "netns", "-n", "shop", "--account", "client", "--", "sleep", "600")
+	client := registered(t, state, "client", true)
+	clientNS := nsOf(t, client.AdminAddress)
+	vip := serviceAddr(t, state, "shop/web")
+	target := netip.AddrPortFrom(vip, 8080).String()
+	dial := func() (net.Conn, *bufio.Reader) {
+		t.Helper()
+		var c net.Conn
+		if err := capture.InNamespace(clientNS, func() (err error) { c, err = net.DialTimeout("tcp", target, 2*time.Second); return err }); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	const host = "web.shop:8080"
+	get := func(path string) string { return "GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\n\r\n" }
+	waitFor(t, 30*time.Second, "a request through capture", func() bool {
+		c, br := dial()
+		defer c.Close()
+		r, err := exchangeRaw(c, br, get("/warm-up"))
+		return err == nil && strings.HasPrefix(r.statusLine, "HTTP/1.1 200 ")
+	})
+
+	countsBefore := requestSeries(t, client.AdminAddress, "web.shop")
+	relayed := rawResponse{statusLine: "HTTP/1.1 200 Relayed As Is", fields: []string{"x-app-note: lower case"}}
+	byNetHTTP := rawResponse{statusLine: "HTTP/1.1 200 OK", fields: []string{"X-App-Note: lower case"}}
+	c, br := dial()
+	steps := []struct {
+		req, body string
+		want      rawResponse
+	}{
+		{get("/one"), "GET /one " + host, relayed},
+		{"POST /two HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 3\r\n\r\nabc", "POST /two " + host, relayed},
+		// An escaped path: the relay hands the connection to net/http.
+		{get("/three%20x"), "GET /three%20x " + host, byNetHTTP},
+		// net/http keeps the connection it was handed.
+		{get("/four"), "GET /four " + host, byNetHTTP},
+	}
+	for i, s := range steps {
+		got, err := exchangeRaw(c, br, s.req)
+		if err != nil {
+			t.Fatalf("request %d (%q): %v", i, s.req, err)
+		}
+		if got.statusLine != s.want.statusLine || got.body != s.body {
+			t.Errorf("request %d (%q): %q %q; want %q %q", i, s.req, got.statusLine, got.body, s.want.statusLine, s.body)
+		}
+		for _, f := range s.want.fields {
+			if !slices.Contains(got.fields, f) {
+				t.Errorf("request %d (%q): fields %q, want %q among them", i, s.req, got.fields, f)
+			}
+		}
+	}
+	// A new connection starts on the relay again.
+	c2, br2 := dial()
+	if got, err := exchangeRaw(c2, br2, get("/five")); err != nil || got.statusLine != relayed.statusLine {
+		t.Errorf("first request on a new connection: %q, %v; want %q", got.statusLine, err, relayed.statusLine)
+	}
+	c2.Close()
+
+	// The relay and net/http count their answers under the same labels: one
+	// series of 200s.
+	var counts map[string]int
+	waitFor(t, 5*time.Second, "the client sidecar to count the requests", func() bool {
+		counts = requestSeries(t, client.AdminAddress, "web.shop")
+		n := 0
+		for labels, v := range counts {
+			n += v - countsBefore[labels]
+		}
+		return n >= len(steps)+1
+	})
+	if len(counts) != 1 {
+		t.Errorf("trellis_requests_total series to web.shop: %v; want one, the same for relayed requests and net/http's", counts)
+	}
+	for labels := range counts {
+		for _, want := range []string{`direction="outbound"`, `destination_namespace="shop"`, `tls="true"`, `reason=""`} {
+			if !strings.Contains(labels, want) {
+				t.Errorf("series {%s} lacks %s", labels, want)
+			}
+		}
+		if strings.Contains(labels, `destination_workload=""`) {
+			t.Errorf("series {%s} names no destination workload", labels)
+		}
+	}
+
+	// The access log: every request the same but for its path and method.
+	clientProc.stop(t)
+	var lines []map[string]any
+	for _, l := range strings.Split(clientProc.out.String(), "\n") {
+		var e map[string]any
+		if json.Unmarshal([]byte(l), &e) == nil && e["direction"] == "outbound" && e["destination_service"] == "web.shop" && e["status"] == float64(200) {
+			lines = append(lines, e)
+		}
+	}
+	if len(lines) < len(steps)+1 {
+		t.Fatalf("%d access log lines to web.shop, want at least %d:\n%s", len(lines), len(steps)+1, clientProc.out.String())
+	}
+	for _, e := range lines {
+		for _, k := range []string{"time", "method", "path", "duration_ms", "bytes_sent", "bytes_received"} {
+			delete(e, k)
+		}
+		if e["authority"] != target || e["protocol"] != "HTTP/1.1" {
+			t.Errorf("access log line %v: want authority %s, protocol HTTP/1.1", e, target)
+		}
+		if fmt.Sprint(e) != fmt.Sprint(lines[0]) {
+			t.Errorf("access log lines differ beyond method and path:\n%v\n%v", e, lines[0])
+		}
+	}
+}
+
+var requestSeriesRe = regexp.MustCompile(`(?m)^trellis_requests_total\{([^}]*)\} (\d+)$`)
+
+// requestSeries returns a sidecar's trellis_requests_total series of 200s
+// whose destination_service is service, by label text.
+func requestSeries(t *testing.T, admin, service string) map[string]int {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := map[string]int{}
+	for _, g := range requestSeriesRe.FindAllStringSubmatch(string(b), -1) {
+		if strings.Contains(g[1], `destination_service="`+service+`"`) && strings.Contains(g[1], `response_code="200"`) {
+			n, _ := strconv.Atoi(g[2])
+			m[g[1]] = n
+		}
+	}
+	return m
 }
