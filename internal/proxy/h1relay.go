@@ -85,6 +85,10 @@ type relayConn struct {
 	// captured is the original destination, ip:port, of a connection that
 	// transparent capture redirected; empty on the listeners.
 	captured string
+	// configBy, when set, is when the wait for the first config of the
+	// request being handed over ends: the relay waited for it already, and
+	// net/http waits only for the rest (firstConfigWait).
+	configBy time.Time
 
 	// Inbound: the peer's identity, read once per connection.
 	src             string
@@ -138,7 +142,7 @@ func (s *h1Relay) serve(c net.Conn, captured string) {
 	}()
 	handoff := func() {
 		handedOff = true
-		hc := &replayConn{Conn: c, br: rc.br}
+		hc := &replayConn{Conn: c, br: rc.br, configBy: rc.configBy}
 		if rc.captured != "" {
 			s.handoffCaptured(&capturedConn{Conn: hc, authority: rc.captured})
 			return
@@ -283,9 +287,17 @@ func (s *h1Relay) outbound(rc *relayConn, head []byte) (handled, keep bool) {
 	authority := rc.lastAuthority
 
 	dst := p.dests.get(authority)
-	rt := dst.wait(context.Background(), p.opts.FirstConfigTimeout)
-	if rt == nil || !rt.msg.GetFound() {
-		return false, false // no config (net/http refuses it), egress: net/http's
+	wait := p.opts.FirstConfigTimeout
+	by := time.Now().Add(wait)
+	rt := dst.wait(context.Background(), wait)
+	if rt == nil {
+		// net/http refuses it, without waiting again for what the relay
+		// waited for already.
+		rc.configBy = by
+		return false, false
+	}
+	if !rt.msg.GetFound() {
+		return false, false // egress: net/http's
 	}
 	r := s.matchRequest(rc, path, query, rc.lastAuthorityIn, rt.readsHeaders)
 	ru := rt.match(r)
@@ -959,6 +971,8 @@ func (s *h1Relay) closePools() {
 type replayConn struct {
 	net.Conn
 	br *bufio.Reader
+	// configBy: see relayConn.configBy.
+	configBy time.Time
 }
 
 func (c *replayConn) Read(b []byte) (int, error) {
@@ -975,15 +989,45 @@ func (c *replayConn) Read(b []byte) (int, error) {
 // connection the relay handed over wrapped (net/http sees no *tls.Conn then).
 type tlsStateKey struct{}
 
-// relayConnContext is the inbound server's ConnContext.
+// relayConnContext is the net/http servers' ConnContext: it carries what a
+// connection the relay handed over brings with it.
 func relayConnContext(ctx context.Context, c net.Conn) context.Context {
-	if rc, ok := c.(*replayConn); ok {
-		if tc, ok := rc.Conn.(*tls.Conn); ok {
-			st := tc.ConnectionState()
-			return context.WithValue(ctx, tlsStateKey{}, &st)
-		}
+	rc, ok := c.(*replayConn)
+	if !ok {
+		return ctx
+	}
+	if tc, ok := rc.Conn.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		ctx = context.WithValue(ctx, tlsStateKey{}, &st)
+	}
+	if !rc.configBy.IsZero() {
+		ctx = context.WithValue(ctx, configWaitKey{}, &configWait{by: rc.configBy})
 	}
 	return ctx
+}
+
+// configWaitKey carries, in a connection's context, the *configWait of the
+// request the relay handed over after waiting for its destination's first
+// config.
+type configWaitKey struct{}
+
+// configWait is the end of a wait for a first config that the relay began:
+// it applies to the first request net/http reads on the connection, the one
+// handed over.
+type configWait struct {
+	by   time.Time
+	used atomic.Bool
+}
+
+// firstConfigWait is how long the request whose context is ctx may wait for
+// its destination's first config: FirstConfigTimeout, or what is left of it
+// for the request the relay handed over, so that no request waits longer
+// than FirstConfigTimeout in all.
+func (p *Proxy) firstConfigWait(ctx context.Context) time.Duration {
+	if w, ok := ctx.Value(configWaitKey{}).(*configWait); ok && w.used.CompareAndSwap(false, true) {
+		return max(time.Until(w.by), 0)
+	}
+	return p.opts.FirstConfigTimeout
 }
 
 // requestTLS is r's TLS state, also for a connection the relay handed over.

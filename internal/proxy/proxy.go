@@ -37,6 +37,10 @@ import (
 // never shows in a process listing.
 const TokenEnv = "TRELLIS_JOIN_TOKEN"
 
+// defaultFirstConfigTimeout is the longest a request or a connection waits for
+// its destination's first config from the control plane (Options.FirstConfigTimeout).
+const defaultFirstConfigTimeout = 3 * time.Second
+
 // Options configure a sidecar.
 type Options struct {
 	ControlPlane string // host:port of the control plane's gRPC endpoint
@@ -77,7 +81,11 @@ type Options struct {
 	DrainTimeout time.Duration
 	// IdleTimeout drops a destination's watch when unused this long; default 5m.
 	IdleTimeout time.Duration
-	// FirstConfigTimeout bounds the wait for a destination's first config; default 3s.
+	// FirstConfigTimeout bounds how long a request or a connection waits, in
+	// all, for its destination's first config before it is refused with
+	// no_config: however many of the sidecar's paths it passes through (the
+	// HTTP/1.1 relay, then net/http), it is not waited for again; default 3s
+	// (defaultFirstConfigTimeout).
 	FirstConfigTimeout time.Duration
 
 	AccessLog io.Writer // JSON lines; nil: none
@@ -223,7 +231,7 @@ func New(o Options) (*Proxy, error) {
 		o.IdleTimeout = 5 * time.Minute
 	}
 	if o.FirstConfigTimeout == 0 {
-		o.FirstConfigTimeout = 3 * time.Second
+		o.FirstConfigTimeout = defaultFirstConfigTimeout
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -377,7 +385,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	var outProtos http.Protocols
 	outProtos.SetHTTP1(true)
 	outProtos.SetUnencryptedHTTP2(true)
-	outbound := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &outProtos}
+	outbound := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &outProtos, ConnContext: relayConnContext}
 	acc := newTLSAcceptor(inLn, spiffe.ServerTLS(p.creds), p)
 	// HTTP/1.1 on both listeners goes through the relays, which hand the
 	// connections they do not take to these servers (h1relay.go).
@@ -396,7 +404,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	captured := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &outProtos,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if cc, ok := c.(*capturedConn); ok {
-				return context.WithValue(ctx, capturedKey{}, cc.authority)
+				return context.WithValue(relayConnContext(ctx, cc.Conn), capturedKey{}, cc.authority)
 			}
 			return ctx
 		}}

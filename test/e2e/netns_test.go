@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -511,11 +513,13 @@ func exchangeRaw(c net.Conn, br *bufio.Reader, req string) (rawResponse, error) 
 // phrase and field names on as they are, net/http does not), and a request
 // the relay does not take goes to net/http on the same connection, which keeps
 // it. Both are sent where the original destination says, counted in one
-// series and logged alike.
+// series and logged alike. A captured connection to a destination whose
+// config never comes (the control plane stopped) is closed once the sidecar's
+// first-config bound has passed, and counted as no_config.
 func TestCaptureHTTP1OnTheRelay(t *testing.T) {
 	needNetns(t)
 	state := t.TempDir()
-	controlPlane(t, state)
+	cp := controlPlane(t, state)
 	dumpLogsOnFailure(t, state)
 	start(t, state, "run", "--isolation", "netns", "-n", "shop", "--account", "web",
 		"--service", "web:8080/http", "--port", "8080", "--", "sleep", "600")
@@ -606,6 +610,38 @@ func TestCaptureHTTP1OnTheRelay(t *testing.T) {
 			t.Errorf("series {%s} names no destination workload", labels)
 		}
 	}
+
+	// The control plane stopped (not ended: it continues at cleanup), a
+	// destination the sidecar has not asked for yet never gets a config.
+	if err := cp.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cp.cmd.Process.Signal(syscall.SIGCONT) })
+	before := refusals(t, client.AdminAddress)["outbound/no_config"]
+	unknown := netip.AddrPortFrom(vip, 8081).String()
+	var nc net.Conn
+	began := time.Now()
+	if err := capture.InNamespace(clientNS, func() (err error) { nc, err = net.DialTimeout("tcp", unknown, 2*time.Second); return err }); err != nil {
+		t.Fatal(err)
+	}
+	nc.SetDeadline(time.Now().Add(15 * time.Second))
+	io.WriteString(nc, "GET / HTTP/1.1\r\nHost: web.shop:8081\r\n\r\n")
+	rest, err := io.ReadAll(nc)
+	took := time.Since(began)
+	nc.Close()
+	// Closed with the request unread, the connection may end in a reset.
+	if (err != nil && !errors.Is(err, syscall.ECONNRESET)) || len(rest) > 0 {
+		t.Errorf("captured connection to %s with no config: read %q, %v; want it closed with nothing", unknown, rest, err)
+	}
+	// The bound is trellis-proxy's default first-config timeout, 3 s.
+	if took < 3*time.Second || took > 4*time.Second {
+		t.Errorf("captured connection to %s with no config closed after %v, want 3s (at most 1s later)", unknown, took.Round(time.Millisecond))
+	}
+	t.Logf("captured connection with no config closed after %v", took.Round(time.Millisecond))
+	waitFor(t, 5*time.Second, "the no_config refusal to be counted", func() bool {
+		return refusals(t, client.AdminAddress)["outbound/no_config"] == before+1
+	})
+	cp.cmd.Process.Signal(syscall.SIGCONT)
 
 	// The access log: every request the same but for its path and method.
 	clientProc.stop(t)
