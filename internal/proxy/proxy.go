@@ -69,10 +69,11 @@ type Options struct {
 
 	// Transparent capture (see package capture): the listeners that
 	// redirected connections arrive on, the app's outbound ones (on
-	// 127.0.0.1) and inbound ones to the app's ports (on 0.0.0.0); empty:
-	// none. SocketMark, when set, marks every socket the sidecar dials so
-	// that capture rules with the same mark let them pass (needs
-	// CAP_NET_ADMIN); with capture by user ID it stays 0.
+	// 127.0.0.1, and for IPv6 on [::1] at the same port where the namespace
+	// has IPv6) and inbound ones to the app's ports (on 0.0.0.0, which takes
+	// both families); empty: none. SocketMark, when set, marks every socket
+	// the sidecar dials so that capture rules with the same mark let them
+	// pass (needs CAP_NET_ADMIN); with capture by user ID it stays 0.
 	CaptureOutboundAddr string
 	CaptureInboundAddr  string
 	SocketMark          uint32
@@ -338,6 +339,22 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if capLns[1] != nil {
 		p.CaptureInbound = capLns[1].Addr()
 	}
+	// Capture redirects IPv6 connections too: the outbound port on ::1.
+	capOut6, err := listenIPv6Twin(p.opts.CaptureOutboundAddr)
+	if err != nil {
+		inLn.Close()
+		outLn.Close()
+		admLn.Close()
+		closeFwd()
+		closeListeners(capLns)
+		return fmt.Errorf("capture listener %s, on IPv6: %w", p.opts.CaptureOutboundAddr, err)
+	}
+	closeCapture := func() {
+		closeListeners(capLns)
+		if capOut6 != nil {
+			capOut6.Close()
+		}
+	}
 	p.Inbound, p.Outbound, p.Admin = inLn.Addr(), outLn.Addr(), admLn.Addr()
 	close(p.listening)
 
@@ -355,7 +372,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		inLn.Close()
 		outLn.Close()
 		closeFwd()
-		closeListeners(capLns)
+		closeCapture()
 		if ctx.Err() != nil {
 			return nil // stopped before it was certified: nothing to drain
 		}
@@ -414,6 +431,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.h1out.handoffCaptured = q.push
 		go captured.Serve(q)
 		go p.serveCaptureOutbound(bg, ln, q)
+		if capOut6 != nil {
+			go p.serveCaptureOutbound(bg, capOut6, q)
+		}
 		servers = append(servers, captured)
 	}
 	if ln := capLns[1]; ln != nil {
@@ -436,7 +456,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	closeFwd()
-	closeListeners(capLns)
+	closeCapture()
 	outLn.Close()
 	wg.Add(1)
 	go func() {
@@ -466,6 +486,25 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	p.log.Info("stopped")
 	return nil
+}
+
+// listenIPv6Twin listens on the IPv6 counterpart of a capture listener's
+// address, where capture sends IPv6 connections: [::1]:port for
+// 127.0.0.1:port, since outbound redirects go to the loopback address of the
+// connection's family. (0.0.0.0:port needs none: Go listens there on both
+// families, and inbound redirects go to the address a connection came to.)
+// It returns nil, and no error, for any other address (another host, port 0,
+// fd:N) and where the namespace has no IPv6.
+func listenIPv6Twin(addr string) (net.Listener, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "0" || host != "127.0.0.1" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp6", net.JoinHostPort("::1", port))
+	if errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EAFNOSUPPORT) {
+		return nil, nil
+	}
+	return ln, err
 }
 
 // closeListeners closes each listener that is not nil.

@@ -239,11 +239,42 @@ func refusals(t *testing.T, admin string) map[string]int {
 	return m
 }
 
+// linkLocal returns the IPv6 link-local address of dev in the network
+// namespace named netnsName (the host's for ""), once past duplicate address
+// detection, zoned by dev's index there (a zone's name would be looked up in
+// the host's namespace); the test is skipped where there is none (IPv6 off).
+func linkLocal(t *testing.T, netnsName, dev string) netip.Addr {
+	t.Helper()
+	args := []string{"-6", "-o", "addr", "show", "dev", dev, "scope", "link"}
+	if netnsName != "" {
+		args = append([]string{"-n", netnsName}, args...)
+	}
+	var a netip.Addr
+	waitFor(t, 10*time.Second, "a link-local address on "+dev+" past duplicate address detection", func() bool {
+		out, err := exec.Command("ip", args...).Output()
+		if err != nil {
+			t.Skipf("no IPv6 on %s (namespace %q): %v", dev, netnsName, err)
+		}
+		if len(strings.TrimSpace(string(out))) == 0 {
+			t.Skipf("%s (namespace %q) has no IPv6 link-local address", dev, netnsName)
+		}
+		fs := strings.Fields(string(out))
+		for _, f := range fs {
+			if p, err := netip.ParsePrefix(f); err == nil && p.Addr().IsLinkLocalUnicast() {
+				a = p.Addr().WithZone(strings.TrimSuffix(fs[0], ":"))
+			}
+		}
+		return a.IsValid() && !strings.Contains(string(out), "tentative")
+	})
+	return a
+}
+
 // TestCaptureTCPAndRefusals covers what transparent capture does beyond HTTP:
 // a server-first TCP service (declared tcp-server-first) reached at its
 // virtual address with no sniffing delay; a plaintext caller from outside the
 // mesh refused at the app's port under strict mTLS; and a destination outside
-// the mesh refused while egress is off, then reached once it is on.
+// the mesh refused while egress is off, then reached once it is on. The
+// refusals are checked over IPv6 too, at link-local addresses.
 func TestCaptureTCPAndRefusals(t *testing.T) {
 	needNetns(t)
 	state := t.TempDir()
@@ -316,6 +347,28 @@ spec: {}
 	waitFor(t, 5*time.Second, "the plaintext refusal to be counted", func() bool {
 		return refusals(t, server.AdminAddress)["inbound/plaintext"] > before
 	})
+	// The same over IPv6, at the namespace's link-local address across the
+	// bridge: capture's ip6 table sends it to the sidecar's IPv6 listener,
+	// which refuses it in the same words.
+	t.Run("plaintext over IPv6", func(t *testing.T) {
+		ll := linkLocal(t, filepath.Base(serverNS), "eth0")
+		from := linkLocal(t, "", netns.BridgeName)
+		before := refusals(t, server.AdminAddress)["inbound/plaintext"]
+		addr := net.JoinHostPort(ll.WithZone(from.Zone()).String(), "7000")
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			t.Fatalf("dial %s: %v (capture sends it to the sidecar, which accepts before it refuses)", addr, err)
+		}
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if len(b) > 0 {
+			t.Errorf("a plaintext caller at [%s]:7000 read %q, want nothing under strict mTLS", ll, b)
+		}
+		waitFor(t, 5*time.Second, "the IPv6 plaintext refusal to be counted", func() bool {
+			return refusals(t, server.AdminAddress)["inbound/plaintext"] > before
+		})
+	})
 
 	// A destination outside the mesh: a server in a namespace of this test's.
 	outside, err := netns.Create("outside")
@@ -330,6 +383,35 @@ spec: {}
 	}
 	waitFor(t, 5*time.Second, "the egress refusal to be counted", func() bool {
 		return refusals(t, client.AdminAddress)["outbound/egress_denied"] > 0
+	})
+	// The same over IPv6: capture's ip6 table sends it to the sidecar on
+	// [::1], which reads where it was going (IP6T_SO_ORIGINAL_DST) and refuses
+	// it as egress, not as a loop. The workload's namespace gets a unique
+	// local address of its own for it (gone with the namespace): with a
+	// link-local source, the answer from ::1 would leave by eth0.
+	t.Run("egress over IPv6", func(t *testing.T) {
+		linkLocal(t, filepath.Base(clientNS), "eth0") // IPv6 is on there
+		if out, err := exec.Command("ip", "-n", filepath.Base(clientNS), "addr", "add", "fd00:19::2/64", "dev", "eth0", "nodad").CombinedOutput(); err != nil {
+			t.Fatalf("add an IPv6 address to the workload's namespace: %v: %s", err, out)
+		}
+		addr := "[fd00:19::9]:8025" // on that address's link; nothing is there
+		before := refusals(t, client.AdminAddress)
+		var c net.Conn
+		if err := capture.InNamespace(clientNS, func() (err error) { c, err = net.DialTimeout("tcp", addr, 2*time.Second); return err }); err != nil {
+			t.Fatalf("dial %s: %v (capture sends it to the sidecar, which accepts before it refuses)", addr, err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if len(b) > 0 {
+			t.Errorf("egress off, yet the app read %q from %s", b, addr)
+		}
+		waitFor(t, 5*time.Second, "the IPv6 egress refusal to be counted", func() bool {
+			return refusals(t, client.AdminAddress)["outbound/egress_denied"] > before["outbound/egress_denied"]
+		})
+		if after := refusals(t, client.AdminAddress); after["outbound/capture_loop"] != before["outbound/capture_loop"] {
+			t.Errorf("an IPv6 connection counted as a capture loop: %v → %v", before, after)
+		}
 	})
 	open := writeFile(t, state, "egress.yaml", meshConfig(true))
 	if _, errOut, err := trellis(t, state, "apply", "-f", open); err != nil {
