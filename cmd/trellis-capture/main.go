@@ -29,8 +29,8 @@ func run(args []string) error {
 	mark := fs.Uint("proxy-mark", 0, "the socket `mark` the sidecar sets, whose connections pass")
 	exIn := fs.String("exclude-inbound-ports", "", "comma-separated `ports` inbound capture leaves alone (the sidecar's own among them)")
 	exOut := fs.String("exclude-outbound-ports", "", "comma-separated destination `ports` outbound capture leaves alone")
-	exCIDR := fs.String("exclude-outbound-cidrs", "", "comma-separated IPv4 `CIDRs` outbound capture leaves alone")
-	inCIDR := fs.String("include-outbound-cidrs", "", "comma-separated IPv4 `CIDRs`: when set, only these are captured outbound")
+	exCIDR := fs.String("exclude-outbound-cidrs", "", "comma-separated IPv4 or IPv6 `CIDRs` outbound capture leaves alone")
+	inCIDR := fs.String("include-outbound-cidrs", "", "comma-separated IPv4 or IPv6 `CIDRs`: when set, only these are captured outbound")
 	remove := fs.Bool("remove", false, "remove the rules instead")
 	if err := fs.Parse(args); err != nil {
 		return err

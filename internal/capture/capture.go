@@ -5,7 +5,9 @@
 // loopback, and the ports and CIDRs the user excludes pass untouched. The
 // sidecar reads where a redirected connection was going with OriginalDst.
 //
-// The rules are one nftables table, "trellis" in the ip family, written through
+// The rules are one nftables table, "trellis", in each of the ip and ip6
+// families (the same rules, each with the CIDRs of its family; ip6 only where
+// the kernel runs IPv6), written through
 // netlink (github.com/google/nftables): no iptables or nft binary is needed, so
 // a static binary can program a pod's namespace from an init container, and
 // `trellis run --isolation netns` programs a workload's namespace the same way.
@@ -20,7 +22,7 @@ import (
 	"strings"
 )
 
-// TableName is the nftables table the rules live in (family ip).
+// TableName is the nftables table the rules live in (families ip and ip6).
 const TableName = "trellis"
 
 // Default ports, as the sidecar uses them in a namespace of its own.
@@ -46,7 +48,8 @@ type Rules struct {
 	ProxyUID  *uint32
 
 	// Exclusions. Inbound ports always include the sidecar's own listeners,
-	// which the caller lists (its mTLS port and admin port).
+	// which the caller lists (its mTLS port and admin port). CIDRs may be
+	// IPv4 or IPv6; each goes into the table of its family.
 	ExcludeOutboundPorts []int
 	ExcludeInboundPorts  []int
 	ExcludeOutboundCIDRs []netip.Prefix
@@ -81,8 +84,8 @@ func (r Rules) Validate() error {
 	}
 	for _, cidrs := range [][]netip.Prefix{r.ExcludeOutboundCIDRs, r.IncludeOutboundCIDRs} {
 		for _, c := range cidrs {
-			if !c.Addr().Is4() {
-				return fmt.Errorf("capture: CIDR %s is not IPv4: only IPv4 is captured today", c)
+			if !c.IsValid() || c.Addr().Is4In6() || c.Addr().Zone() != "" {
+				return fmt.Errorf("capture: CIDR %s is not an IPv4 or IPv6 prefix (no IPv4-mapped addresses, no zones)", c)
 			}
 		}
 	}
@@ -108,8 +111,9 @@ func ParsePorts(s string) ([]int, error) {
 	return out, nil
 }
 
-// ParseCIDRs reads a comma-separated IPv4 CIDR list ("10.0.0.0/8,192.168.1.7/32");
-// a bare address means /32. Empty gives none.
+// ParseCIDRs reads a comma-separated list of IPv4 and IPv6 CIDRs
+// ("10.0.0.0/8,192.168.1.7/32,fd00::/8"); a bare address means /32 or /128.
+// Empty gives none.
 func ParseCIDRs(s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, f := range strings.Split(s, ",") {
@@ -122,14 +126,17 @@ func ParseCIDRs(s string) ([]netip.Prefix, error) {
 			if err != nil {
 				return nil, fmt.Errorf("%q is neither a CIDR nor an address", f)
 			}
-			f = a.String() + "/32"
+			if a.Zone() != "" {
+				return nil, fmt.Errorf("%q has a zone, which a CIDR cannot", f)
+			}
+			f = netip.PrefixFrom(a, a.BitLen()).String()
 		}
 		p, err := netip.ParsePrefix(f)
 		if err != nil {
 			return nil, fmt.Errorf("%q is not a CIDR: %v", f, err)
 		}
-		if !p.Addr().Is4() {
-			return nil, fmt.Errorf("%q is not IPv4: only IPv4 is captured today", f)
+		if p.Addr().Is4In6() {
+			return nil, fmt.Errorf("%q is an IPv4-mapped IPv6 prefix: write it as IPv4", f)
 		}
 		out = append(out, p.Masked())
 	}

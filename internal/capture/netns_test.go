@@ -11,10 +11,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/trellis-mesh/trellis/internal/capture/sock"
 )
 
@@ -27,7 +29,8 @@ func ip(t *testing.T, args ...string) {
 }
 
 // pair makes two network namespaces joined by a veth pair: the workload
-// ("w", 198.19.77.2) and a peer ("p", 198.19.77.3). It returns their paths.
+// ("w", 198.19.77.2 and fd00:77::2) and a peer ("p", 198.19.77.3 and
+// fd00:77::3), the IPv6 addresses unique local ones. It returns their paths.
 func pair(t *testing.T) (w, p string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -48,10 +51,14 @@ func pair(t *testing.T) (w, p string) {
 		{"-n", pn, "link", "set", "lo", "up"},
 		{"-n", wn, "addr", "add", "198.19.77.2/24", "dev", tag + "a"},
 		{"-n", pn, "addr", "add", "198.19.77.3/24", "dev", tag + "b"},
+		// nodad: usable at once, not after duplicate address detection
+		{"-n", wn, "addr", "add", "fd00:77::2/64", "dev", tag + "a", "nodad"},
+		{"-n", pn, "addr", "add", "fd00:77::3/64", "dev", tag + "b", "nodad"},
 		{"-n", wn, "link", "set", tag + "a", "up"},
 		{"-n", pn, "link", "set", tag + "b", "up"},
-		// a route for virtual service addresses, as a mesh gives them
+		// routes for virtual service addresses, as a mesh gives them
 		{"-n", wn, "route", "add", "198.18.0.0/16", "via", "198.19.77.3"},
+		{"-n", wn, "route", "add", "fd00:18::/64", "via", "fd00:77::3"},
 	} {
 		ip(t, c...)
 	}
@@ -203,5 +210,133 @@ func TestCaptureInNamespace(t *testing.T) {
 	}
 	if err := Remove(int(f.Fd())); err != nil {
 		t.Fatalf("Remove with no table: %v", err)
+	}
+}
+
+// TestCaptureIPv6InNamespace: the ip6 table captures as the ip table does,
+// with the original destination read by IP6T_SO_ORIGINAL_DST; ::1 passes,
+// and the CIDRs of each family are honoured in that family's table alone.
+func TestCaptureIPv6InNamespace(t *testing.T) {
+	if !kernelHasIPv6() {
+		t.Skip("the kernel runs no IPv6")
+	}
+	w, p := pair(t)
+	f, err := os.Open(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const mark = 0x7e11
+	rules := Rules{
+		OutboundPort: DefaultOutboundPort, InboundPort: DefaultInboundPort, ProxyMark: mark,
+		ExcludeOutboundPorts: []int{5432},
+		ExcludeInboundPorts:  []int{15003, 15000},
+	}
+	if err := Apply(int(f.Fd()), rules); err != nil {
+		t.Fatal(err)
+	}
+	c, err := conn(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+		ts, err := c.ListTablesOfFamily(fam)
+		if err != nil || !slices.ContainsFunc(ts, func(t *nftables.Table) bool { return t.Name == TableName }) {
+			t.Fatalf("after Apply, no table %s of family %v (%v)", TableName, fam, err)
+		}
+	}
+
+	// The sidecar's listeners: outbound redirects go to ::1, inbound ones to
+	// the address the connection came to.
+	captured, _ := listenIn(t, w, fmt.Sprintf("[::1]:%d", DefaultOutboundPort))
+	captured4, _ := listenIn(t, w, fmt.Sprintf("127.0.0.1:%d", DefaultOutboundPort))
+	inbound, _ := listenIn(t, w, fmt.Sprintf("[::]:%d", DefaultInboundPort))
+	mtls, _ := listenIn(t, w, "[::]:15003")
+	self, _ := listenIn(t, w, "[::1]:9000")
+	peer80, _ := listenIn(t, p, "[fd00:77::3]:80")
+	peer80v4, _ := listenIn(t, p, "198.19.77.3:80")
+	peer5432, _ := listenIn(t, p, "[fd00:77::3]:5432")
+
+	plain := &net.Dialer{}
+	marked := &net.Dialer{Control: sock.MarkDialer(mark)}
+	steps := []struct {
+		from, addr, msg string
+		d               *net.Dialer
+		at              <-chan string
+		want            string
+	}{
+		{w, "[fd00:18::9]:8080", "to-vip", plain, captured, "[fd00:18::9]:8080 <nil> to-vip"},
+		{w, "[fd00:77::3]:80", "to-peer", plain, captured, "[fd00:77::3]:80 <nil> to-peer"},
+		{w, "[fd00:77::3]:80", "marked", marked, peer80, "[fd00:77::3]:80 <nil> marked"},
+		{w, "[fd00:77::3]:5432", "excluded-port", plain, peer5432, "[fd00:77::3]:5432 <nil> excluded-port"},
+		// The app calling itself on ::1 is not captured: the listener there
+		// reads its own address as the original destination.
+		{w, "[::1]:9000", "loopback", plain, self, "[::1]:9000 <nil> loopback"},
+		{p, "[fd00:77::2]:8080", "to-app", plain, inbound, "[fd00:77::2]:8080 <nil> to-app"},
+		{p, "[fd00:77::2]:15003", "to-sidecar", plain, mtls, "[fd00:77::2]:15003 <nil> to-sidecar"},
+	}
+	for _, s := range steps {
+		if err := dialIn(t, s.from, s.addr, s.msg, s.d); err != nil {
+			t.Fatalf("%s: dial %s: %v", s.msg, s.addr, err)
+		}
+		expect(t, s.at, s.want, s.msg)
+	}
+
+	// Excluded CIDRs: each family's only in its own table.
+	for _, tt := range []struct {
+		name     string
+		exclude  string
+		v6, v4   <-chan string // where the app's connections to the peer arrive
+		v6w, v4w string
+	}{
+		{"an IPv6 CIDR", "fd00:77::/64", peer80, captured4, "[fd00:77::3]:80 <nil> ", "198.19.77.3:80 <nil> "},
+		{"an IPv4 CIDR", "198.19.77.0/24", captured, peer80v4, "[fd00:77::3]:80 <nil> ", "198.19.77.3:80 <nil> "},
+		{"one of each", "198.19.77.0/24,fd00:77::/64", peer80, peer80v4, "[fd00:77::3]:80 <nil> ", "198.19.77.3:80 <nil> "},
+	} {
+		r := rules
+		if r.ExcludeOutboundCIDRs, err = ParseCIDRs(tt.exclude); err != nil {
+			t.Fatal(err)
+		}
+		if err := Apply(int(f.Fd()), r); err != nil {
+			t.Fatal(err)
+		}
+		msg := strings.ReplaceAll(tt.name, " ", "-")
+		if err := dialIn(t, w, "[fd00:77::3]:80", msg, plain); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, tt.v6, tt.v6w+msg, tt.name+" excluded, IPv6 to the peer")
+		if err := dialIn(t, w, "198.19.77.3:80", msg, plain); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, tt.v4, tt.v4w+msg, tt.name+" excluded, IPv4 to the peer")
+	}
+
+	// Included CIDRs of one family leave the other family uncaptured.
+	r := rules
+	r.IncludeOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("fd00:18::/64")}
+	if err := Apply(int(f.Fd()), r); err != nil {
+		t.Fatal(err)
+	}
+	if err := dialIn(t, w, "[fd00:18::9]:8080", "included", plain); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, captured, "[fd00:18::9]:8080 <nil> included", "an included IPv6 virtual address")
+	if err := dialIn(t, w, "[fd00:77::3]:80", "not-included", plain); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, peer80, "[fd00:77::3]:80 <nil> not-included", "IPv6 outside the included CIDR")
+	if err := dialIn(t, w, "198.19.77.3:80", "not-included-v4", plain); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, peer80v4, "198.19.77.3:80 <nil> not-included-v4", "IPv4 with only IPv6 CIDRs included")
+
+	if err := Remove(int(f.Fd())); err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+		ts, err := c.ListTablesOfFamily(fam)
+		if err != nil || slices.ContainsFunc(ts, func(t *nftables.Table) bool { return t.Name == TableName }) {
+			t.Errorf("after Remove, table %s of family %v is still there (%v)", TableName, fam, err)
+		}
 	}
 }

@@ -96,7 +96,7 @@ removed when the workload stops.`,
 	f.StringVar(&o.isolation, "isolation", "none", "none: the workload shares the host's network and uses the sidecar as its HTTP proxy; netns (root): it gets a network namespace of its own with transparent capture, as a pod")
 	f.StringVar(&o.excludeInboundPorts, "exclude-inbound-ports", "", "with --isolation netns: comma-separated app `ports` that inbound capture leaves alone")
 	f.StringVar(&o.excludeOutboundPorts, "exclude-outbound-ports", "", "with --isolation netns: comma-separated destination `ports` that outbound capture leaves alone")
-	f.StringVar(&o.excludeOutboundCIDRs, "exclude-outbound-cidrs", "", "with --isolation netns: comma-separated IPv4 `CIDRs` that outbound capture leaves alone")
+	f.StringVar(&o.excludeOutboundCIDRs, "exclude-outbound-cidrs", "", "with --isolation netns: comma-separated IPv4 or IPv6 `CIDRs` that outbound capture leaves alone")
 	f.StringArrayVar(&o.tcpForwards, "tcp-forward", nil, "LISTEN=AUTHORITY: bind LISTEN (127.0.0.1:PORT) for opaque TCP to the mesh destination AUTHORITY (repeatable)")
 	return cmd
 }
@@ -384,8 +384,10 @@ func (e *exitedError) Error() string {
 	return fmt.Sprintf("the program exited before it was ready: %v", e.err)
 }
 
-// waitReady polls url until it answers 200.
-func waitReady(ctx context.Context, url string, timeout time.Duration, died <-chan error, sigs <-chan os.Signal) error {
+// waitReady polls url until it answers 200. A value on died (the sidecar
+// exited) is put back, so that the caller's stop finds the sidecar gone
+// instead of waiting for an exit that already came.
+func waitReady(ctx context.Context, url string, timeout time.Duration, died chan error, sigs <-chan os.Signal) error {
 	deadline := time.Now().Add(timeout)
 	hc := &http.Client{Timeout: time.Second}
 	for {
@@ -400,6 +402,7 @@ func waitReady(ctx context.Context, url string, timeout time.Duration, died <-ch
 		}
 		select {
 		case err := <-died:
+			died <- err
 			return fmt.Errorf("exited before it was ready: %v", err)
 		case <-sigs:
 			return errInterrupted

@@ -84,7 +84,7 @@ func captureContainer(pod *corev1.Pod, cfg Config) (corev1.Container, error) {
 		if err != nil {
 			want := `ports such as "3306,6379"`
 			if a.cidr {
-				want = `IPv4 CIDRs such as "10.0.0.0/8,192.168.1.7/32"`
+				want = `CIDRs such as "10.0.0.0/8,192.168.1.7/32,fd00::/8"`
 			}
 			return corev1.Container{}, fmt.Errorf("annotation %s: %w; want %s", a.key, err, want)
 		}

@@ -109,7 +109,7 @@ func TestMutateCaptureOptOutAndBadInput(t *testing.T) {
 	for key, val := range map[string]string{
 		InboundPortExclusionAnnotation:     "http",
 		OutboundPortExclusionAnnotation:    "70000",
-		OutboundIPRangeExclusionAnnotation: "fd00::/8",
+		OutboundIPRangeExclusionAnnotation: "fd00::/129",
 		OutboundIPRangeInclusionAnnotation: "10.0.0.0/40",
 	} {
 		pod := bookstorePod()

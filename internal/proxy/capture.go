@@ -41,8 +41,8 @@ func capturedDst(ctx context.Context) (string, bool) {
 	return a, ok
 }
 
-// capturedConn is an HTTP connection handed from the capture listener to the
-// captured-HTTP server, with where it was going.
+// capturedConn is an HTTP connection handed from the capture listener, or
+// from the relay, to the captured-HTTP server, with where it was going.
 type capturedConn struct {
 	net.Conn
 	authority string
@@ -91,10 +91,11 @@ func dialControl(mark uint32) func(network, address string, c syscall.RawConn) e
 }
 
 // serveCaptureOutbound accepts the app's connections that capture redirected
-// and carries each to where it was going: HTTP to the captured-HTTP server
-// (routes, policy, metrics per request), a TCP port or a non-HTTP stream as
-// opaque TCP to the mesh destination, a destination outside the mesh as a
-// passthrough when egress is allowed.
+// and carries each to where it was going: HTTP/1 to the outbound relay and
+// HTTP/2 to the captured-HTTP server (routes, policy, metrics per request;
+// the relay hands that server what it does not take), a TCP port or a
+// non-HTTP stream as opaque TCP to the mesh destination, a destination
+// outside the mesh as a passthrough when egress is allowed.
 func (p *Proxy) serveCaptureOutbound(ctx context.Context, ln net.Listener, https *connQueue) {
 	self, _ := ln.Addr().(*net.TCPAddr)
 	for {
@@ -138,7 +139,9 @@ func (p *Proxy) captureOutbound(ctx context.Context, c net.Conn, self *net.TCPAd
 		return
 	}
 	switch proto {
-	case detect.HTTP1, detect.HTTP2:
+	case detect.HTTP1:
+		p.h1out.serve(dc, authority)
+	case detect.HTTP2:
 		https.push(&capturedConn{Conn: dc, authority: authority})
 	default:
 		p.forwardTCP(ctx, dc, authority)

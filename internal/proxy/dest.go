@@ -251,6 +251,9 @@ func (dst *destination) wait(ctx context.Context, timeout time.Duration) *route 
 	if r := dst.cfg.Load(); r != nil {
 		return r
 	}
+	if timeout <= 0 {
+		return nil
+	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {

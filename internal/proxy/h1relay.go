@@ -35,6 +35,11 @@ import (
 // unread, to the net/http server of the same listener, which serves that
 // connection from then on: net/http's handlers are the protocol contract, and
 // the relay decides before it consumes a byte.
+//
+// Connections that transparent capture redirected (capture.go) are relayed
+// by the outbound relay too, once detection has seen HTTP/1: their requests
+// are in origin form and the connection's original destination names the
+// service; what the relay does not take goes to the captured-HTTP server.
 
 // relayBufSize is the read buffer of each relayed connection, and so the
 // largest head the relay takes (larger ones go to net/http).
@@ -53,8 +58,9 @@ type h1Relay struct {
 	p    *Proxy
 	side relaySide
 	// handoff gives a connection, bytes unread, to the listener's net/http
-	// server, which closes it once it is gone.
-	handoff func(net.Conn)
+	// server, which closes it once it is gone; handoffCaptured does the same
+	// for a captured connection (a *capturedConn), outbound only.
+	handoff, handoffCaptured func(net.Conn)
 
 	mu       sync.Mutex
 	conns    map[*relayConn]struct{}
@@ -76,6 +82,13 @@ type relayConn struct {
 	br   *bufio.Reader
 	w    h1.Writer
 	idle atomic.Bool // waiting for a request head
+	// captured is the original destination, ip:port, of a connection that
+	// transparent capture redirected; empty on the listeners.
+	captured string
+	// configBy, when set, is when the wait for the first config of the
+	// request being handed over ends: the relay waited for it already, and
+	// net/http waits only for the rest (firstConfigWait).
+	configBy time.Time
 
 	// Inbound: the peer's identity, read once per connection.
 	src             string
@@ -99,7 +112,7 @@ func (s *h1Relay) serveListener(ln net.Listener) {
 			}
 			return
 		}
-		go s.serve(c)
+		go s.serve(c, "")
 	}
 }
 
@@ -112,8 +125,10 @@ const relayIdleTimeout = 2 * time.Minute
 const relayHeadTimeout = 10 * time.Second
 
 // serve relays requests on c until it closes, or hands it to net/http.
-func (s *h1Relay) serve(c net.Conn) {
-	rc := &relayConn{c: c}
+// captured is the original destination of a connection that capture
+// redirected, empty for one accepted on a listener.
+func (s *h1Relay) serve(c net.Conn, captured string) {
+	rc := &relayConn{c: c, captured: captured}
 	if !s.track(rc) {
 		c.Close()
 		return
@@ -127,7 +142,12 @@ func (s *h1Relay) serve(c net.Conn) {
 	}()
 	handoff := func() {
 		handedOff = true
-		s.handoff(&replayConn{Conn: c, br: rc.br})
+		hc := &replayConn{Conn: c, br: rc.br, configBy: rc.configBy}
+		if rc.captured != "" {
+			s.handoffCaptured(&capturedConn{Conn: hc, authority: rc.captured})
+			return
+		}
+		s.handoff(hc)
 	}
 	if tc, ok := c.(*tls.Conn); ok {
 		if id, err := spiffe.PeerID(tc.ConnectionState()); err == nil {
@@ -219,24 +239,38 @@ func (s *h1Relay) outbound(rc *relayConn, head []byte) (handled, keep bool) {
 	start := time.Now()
 	p := s.p
 	req := &rc.req
-	target := req.Target
-	if len(target) < len("http://x") || string(target[:7]) != "http://" {
-		return false, false // not absolute-form: net/http refuses it
-	}
-	rest := target[7:]
-	end := len(rest)
-	for i, c := range rest {
-		if c == '/' || c == '?' {
-			end = i
-			break
-		}
-		if c == '@' || c == '#' {
+	// authIn is the authority as the app wrote it (in the target, or in Host
+	// on a captured connection), which route matches read and the peer gets
+	// as Host; pathQuery is the origin-form target sent on.
+	var authIn, pathQuery []byte
+	if rc.captured != "" {
+		// Captured: the request is in origin form and keeps its Host; the
+		// original destination names the service (as capturedDst does on
+		// the net/http path, which also takes absolute-form requests here).
+		if req.Target[0] != '/' || len(req.Host) == 0 {
 			return false, false
 		}
-	}
-	authIn, pathQuery := rest[:end], rest[end:]
-	if len(authIn) == 0 {
-		return false, false
+		authIn, pathQuery = req.Host, req.Target
+	} else {
+		target := req.Target
+		if len(target) < len("http://x") || string(target[:7]) != "http://" {
+			return false, false // not absolute-form: net/http refuses it
+		}
+		rest := target[7:]
+		end := len(rest)
+		for i, c := range rest {
+			if c == '/' || c == '?' {
+				end = i
+				break
+			}
+			if c == '@' || c == '#' {
+				return false, false
+			}
+		}
+		authIn, pathQuery = rest[:end], rest[end:]
+		if len(authIn) == 0 {
+			return false, false
+		}
 	}
 	path, query, ok := splitTarget(pathQuery)
 	if !ok {
@@ -245,14 +279,25 @@ func (s *h1Relay) outbound(rc *relayConn, head []byte) (handled, keep bool) {
 	if string(authIn) != string(rc.lastAuth) {
 		rc.lastAuth = append(rc.lastAuth[:0], authIn...)
 		rc.lastAuthorityIn = string(authIn)
-		rc.lastAuthority = hostPort(rc.lastAuthorityIn, "80")
+		rc.lastAuthority = rc.captured
+		if rc.captured == "" {
+			rc.lastAuthority = hostPort(rc.lastAuthorityIn, "80")
+		}
 	}
 	authority := rc.lastAuthority
 
 	dst := p.dests.get(authority)
-	rt := dst.wait(context.Background(), p.opts.FirstConfigTimeout)
-	if rt == nil || !rt.msg.GetFound() {
-		return false, false // no config (net/http refuses it), egress: net/http's
+	wait := p.opts.FirstConfigTimeout
+	by := time.Now().Add(wait)
+	rt := dst.wait(context.Background(), wait)
+	if rt == nil {
+		// net/http refuses it, without waiting again for what the relay
+		// waited for already.
+		rc.configBy = by
+		return false, false
+	}
+	if !rt.msg.GetFound() {
+		return false, false // egress: net/http's
 	}
 	r := s.matchRequest(rc, path, query, rc.lastAuthorityIn, rt.readsHeaders)
 	ru := rt.match(r)
@@ -285,6 +330,9 @@ func (s *h1Relay) outbound(rc *relayConn, head []byte) (handled, keep bool) {
 	x := exchange{rc: rc, head: head, pool: pool, start: start, isHEAD: r.Method == http.MethodHead,
 		writeHead: func(buf []byte) []byte {
 			buf = appendRequestLine(buf, req.Method, pathQuery)
+			if rc.captured != "" {
+				return appendFields(buf, req, false) // Host as the app wrote it
+			}
 			buf = append(buf, "Host: "...)
 			buf = append(buf, authIn...)
 			buf = append(buf, "\r\n"...)
@@ -923,6 +971,8 @@ func (s *h1Relay) closePools() {
 type replayConn struct {
 	net.Conn
 	br *bufio.Reader
+	// configBy: see relayConn.configBy.
+	configBy time.Time
 }
 
 func (c *replayConn) Read(b []byte) (int, error) {
@@ -939,15 +989,45 @@ func (c *replayConn) Read(b []byte) (int, error) {
 // connection the relay handed over wrapped (net/http sees no *tls.Conn then).
 type tlsStateKey struct{}
 
-// relayConnContext is the inbound server's ConnContext.
+// relayConnContext is the net/http servers' ConnContext: it carries what a
+// connection the relay handed over brings with it.
 func relayConnContext(ctx context.Context, c net.Conn) context.Context {
-	if rc, ok := c.(*replayConn); ok {
-		if tc, ok := rc.Conn.(*tls.Conn); ok {
-			st := tc.ConnectionState()
-			return context.WithValue(ctx, tlsStateKey{}, &st)
-		}
+	rc, ok := c.(*replayConn)
+	if !ok {
+		return ctx
+	}
+	if tc, ok := rc.Conn.(*tls.Conn); ok {
+		st := tc.ConnectionState()
+		ctx = context.WithValue(ctx, tlsStateKey{}, &st)
+	}
+	if !rc.configBy.IsZero() {
+		ctx = context.WithValue(ctx, configWaitKey{}, &configWait{by: rc.configBy})
 	}
 	return ctx
+}
+
+// configWaitKey carries, in a connection's context, the *configWait of the
+// request the relay handed over after waiting for its destination's first
+// config.
+type configWaitKey struct{}
+
+// configWait is the end of a wait for a first config that the relay began:
+// it applies to the first request net/http reads on the connection, the one
+// handed over.
+type configWait struct {
+	by   time.Time
+	used atomic.Bool
+}
+
+// firstConfigWait is how long the request whose context is ctx may wait for
+// its destination's first config: FirstConfigTimeout, or what is left of it
+// for the request the relay handed over, so that no request waits longer
+// than FirstConfigTimeout in all.
+func (p *Proxy) firstConfigWait(ctx context.Context) time.Duration {
+	if w, ok := ctx.Value(configWaitKey{}).(*configWait); ok && w.used.CompareAndSwap(false, true) {
+		return max(time.Until(w.by), 0)
+	}
+	return p.opts.FirstConfigTimeout
 }
 
 // requestTLS is r's TLS state, also for a connection the relay handed over.

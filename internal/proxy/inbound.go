@@ -61,7 +61,7 @@ func (a *tlsAcceptor) handshake(c net.Conn) {
 		a.p.serveInboundTCP(tc)
 		return
 	case "http/1.1", "":
-		a.p.h1in.serve(tc)
+		a.p.h1in.serve(tc, "")
 		return
 	}
 	a.push(tc)

@@ -216,6 +216,9 @@ type sidecarSpec struct {
 	tcpForwards []proxy.TCPForward
 	keyType     spiffe.KeyType // empty: the default, ECDSA P-256
 	appProbes   probe.Table    // the app's probes served on the admin listener
+	// firstConfigTimeout is the sidecar's FirstConfigTimeout; 0: 5s, to
+	// spare loaded test machines; negative: the sidecar's own default.
+	firstConfigTimeout time.Duration
 }
 
 // sidecar is a running trellis-proxy.
@@ -284,6 +287,13 @@ func (m *mesh) startSidecar(reg controlplane.RegisterResponse, spec sidecarSpec)
 	m.mu.Lock()
 	grpc := m.grpc
 	m.mu.Unlock()
+	firstConfig := spec.firstConfigTimeout
+	switch {
+	case firstConfig == 0:
+		firstConfig = 5 * time.Second
+	case firstConfig < 0:
+		firstConfig = 0 // proxy.New's default
+	}
 	s := &sidecar{
 		id: reg.ID, access: &syncBuffer{}, done: make(chan error, 1),
 		direct: &http.Client{Transport: &http.Transport{}, Timeout: 15 * time.Second},
@@ -301,7 +311,7 @@ func (m *mesh) startSidecar(reg controlplane.RegisterResponse, spec sidecarSpec)
 		KeyType:            spec.keyType,
 		AppProbes:          spec.appProbes,
 		DrainTimeout:       5 * time.Second,
-		FirstConfigTimeout: 5 * time.Second,
+		FirstConfigTimeout: firstConfig,
 		AccessLog:          s.access,
 		Logger:             m.logger("sidecar " + reg.ID),
 	})

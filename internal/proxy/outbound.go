@@ -118,7 +118,7 @@ func (p *Proxy) outbound(w http.ResponseWriter, r *http.Request, e *telemetry.En
 	e.Authority, e.Path = authority, r.URL.Path
 
 	dst := p.dests.get(authority)
-	rt := dst.wait(r.Context(), p.opts.FirstConfigTimeout)
+	rt := dst.wait(r.Context(), p.firstConfigWait(r.Context()))
 	if rt == nil {
 		refuseRequest(w, r, http.StatusServiceUnavailable, ReasonNoConfig, "no configuration for "+authority+" from the control plane yet")
 		return http.StatusServiceUnavailable, ReasonNoConfig, 0, ""

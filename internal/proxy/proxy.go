@@ -37,6 +37,10 @@ import (
 // never shows in a process listing.
 const TokenEnv = "TRELLIS_JOIN_TOKEN"
 
+// defaultFirstConfigTimeout is the longest a request or a connection waits for
+// its destination's first config from the control plane (Options.FirstConfigTimeout).
+const defaultFirstConfigTimeout = 3 * time.Second
+
 // Options configure a sidecar.
 type Options struct {
 	ControlPlane string // host:port of the control plane's gRPC endpoint
@@ -65,10 +69,11 @@ type Options struct {
 
 	// Transparent capture (see package capture): the listeners that
 	// redirected connections arrive on, the app's outbound ones (on
-	// 127.0.0.1) and inbound ones to the app's ports (on 0.0.0.0); empty:
-	// none. SocketMark, when set, marks every socket the sidecar dials so
-	// that capture rules with the same mark let them pass (needs
-	// CAP_NET_ADMIN); with capture by user ID it stays 0.
+	// 127.0.0.1, and for IPv6 on [::1] at the same port where the namespace
+	// has IPv6) and inbound ones to the app's ports (on 0.0.0.0, which takes
+	// both families); empty: none. SocketMark, when set, marks every socket
+	// the sidecar dials so that capture rules with the same mark let them
+	// pass (needs CAP_NET_ADMIN); with capture by user ID it stays 0.
 	CaptureOutboundAddr string
 	CaptureInboundAddr  string
 	SocketMark          uint32
@@ -77,7 +82,11 @@ type Options struct {
 	DrainTimeout time.Duration
 	// IdleTimeout drops a destination's watch when unused this long; default 5m.
 	IdleTimeout time.Duration
-	// FirstConfigTimeout bounds the wait for a destination's first config; default 3s.
+	// FirstConfigTimeout bounds how long a request or a connection waits, in
+	// all, for its destination's first config before it is refused with
+	// no_config: however many of the sidecar's paths it passes through (the
+	// HTTP/1.1 relay, then net/http), it is not waited for again; default 3s
+	// (defaultFirstConfigTimeout).
 	FirstConfigTimeout time.Duration
 
 	AccessLog io.Writer // JSON lines; nil: none
@@ -223,7 +232,7 @@ func New(o Options) (*Proxy, error) {
 		o.IdleTimeout = 5 * time.Minute
 	}
 	if o.FirstConfigTimeout == 0 {
-		o.FirstConfigTimeout = 3 * time.Second
+		o.FirstConfigTimeout = defaultFirstConfigTimeout
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -330,6 +339,22 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if capLns[1] != nil {
 		p.CaptureInbound = capLns[1].Addr()
 	}
+	// Capture redirects IPv6 connections too: the outbound port on ::1.
+	capOut6, err := listenIPv6Twin(p.opts.CaptureOutboundAddr)
+	if err != nil {
+		inLn.Close()
+		outLn.Close()
+		admLn.Close()
+		closeFwd()
+		closeListeners(capLns)
+		return fmt.Errorf("capture listener %s, on IPv6: %w", p.opts.CaptureOutboundAddr, err)
+	}
+	closeCapture := func() {
+		closeListeners(capLns)
+		if capOut6 != nil {
+			capOut6.Close()
+		}
+	}
 	p.Inbound, p.Outbound, p.Admin = inLn.Addr(), outLn.Addr(), admLn.Addr()
 	close(p.listening)
 
@@ -347,7 +372,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		inLn.Close()
 		outLn.Close()
 		closeFwd()
-		closeListeners(capLns)
+		closeCapture()
 		if ctx.Err() != nil {
 			return nil // stopped before it was certified: nothing to drain
 		}
@@ -377,7 +402,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	var outProtos http.Protocols
 	outProtos.SetHTTP1(true)
 	outProtos.SetUnencryptedHTTP2(true)
-	outbound := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &outProtos}
+	outbound := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &outProtos, ConnContext: relayConnContext}
 	acc := newTLSAcceptor(inLn, spiffe.ServerTLS(p.creds), p)
 	// HTTP/1.1 on both listeners goes through the relays, which hand the
 	// connections they do not take to these servers (h1relay.go).
@@ -390,20 +415,25 @@ func (p *Proxy) Run(ctx context.Context) error {
 	for i, ln := range fwdLns {
 		go p.serveTCPForward(bg, ln, p.opts.TCPForwards[i].Authority)
 	}
-	// Captured HTTP connections are served like the outbound listener's,
-	// each request knowing where its connection was going.
+	// Captured HTTP connections are served like the outbound listener's:
+	// HTTP/1.1 by the outbound relay, HTTP/2 and what the relay hands over by
+	// this server, each request knowing where its connection was going.
 	captured := &http.Server{Handler: http.HandlerFunc(p.serveOutbound), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: &outProtos,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if cc, ok := c.(*capturedConn); ok {
-				return context.WithValue(ctx, capturedKey{}, cc.authority)
+				return context.WithValue(relayConnContext(ctx, cc.Conn), capturedKey{}, cc.authority)
 			}
 			return ctx
 		}}
 	servers := []*http.Server{inbound, outbound}
 	if ln := capLns[0]; ln != nil {
 		q := newConnQueue(ln.Addr())
+		p.h1out.handoffCaptured = q.push
 		go captured.Serve(q)
 		go p.serveCaptureOutbound(bg, ln, q)
+		if capOut6 != nil {
+			go p.serveCaptureOutbound(bg, capOut6, q)
+		}
 		servers = append(servers, captured)
 	}
 	if ln := capLns[1]; ln != nil {
@@ -426,7 +456,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	closeFwd()
-	closeListeners(capLns)
+	closeCapture()
 	outLn.Close()
 	wg.Add(1)
 	go func() {
@@ -456,6 +486,25 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	p.log.Info("stopped")
 	return nil
+}
+
+// listenIPv6Twin listens on the IPv6 counterpart of a capture listener's
+// address, where capture sends IPv6 connections: [::1]:port for
+// 127.0.0.1:port, since outbound redirects go to the loopback address of the
+// connection's family. (0.0.0.0:port needs none: Go listens there on both
+// families, and inbound redirects go to the address a connection came to.)
+// It returns nil, and no error, for any other address (another host, port 0,
+// fd:N) and where the namespace has no IPv6.
+func listenIPv6Twin(addr string) (net.Listener, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "0" || host != "127.0.0.1" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp6", net.JoinHostPort("::1", port))
+	if errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EAFNOSUPPORT) {
+		return nil, nil
+	}
+	return ln, err
 }
 
 // closeListeners closes each listener that is not nil.

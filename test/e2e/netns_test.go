@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,8 +14,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -236,11 +239,42 @@ func refusals(t *testing.T, admin string) map[string]int {
 	return m
 }
 
+// linkLocal returns the IPv6 link-local address of dev in the network
+// namespace named netnsName (the host's for ""), once past duplicate address
+// detection, zoned by dev's index there (a zone's name would be looked up in
+// the host's namespace); the test is skipped where there is none (IPv6 off).
+func linkLocal(t *testing.T, netnsName, dev string) netip.Addr {
+	t.Helper()
+	args := []string{"-6", "-o", "addr", "show", "dev", dev, "scope", "link"}
+	if netnsName != "" {
+		args = append([]string{"-n", netnsName}, args...)
+	}
+	var a netip.Addr
+	waitFor(t, 10*time.Second, "a link-local address on "+dev+" past duplicate address detection", func() bool {
+		out, err := exec.Command("ip", args...).Output()
+		if err != nil {
+			t.Skipf("no IPv6 on %s (namespace %q): %v", dev, netnsName, err)
+		}
+		if len(strings.TrimSpace(string(out))) == 0 {
+			t.Skipf("%s (namespace %q) has no IPv6 link-local address", dev, netnsName)
+		}
+		fs := strings.Fields(string(out))
+		for _, f := range fs {
+			if p, err := netip.ParsePrefix(f); err == nil && p.Addr().IsLinkLocalUnicast() {
+				a = p.Addr().WithZone(strings.TrimSuffix(fs[0], ":"))
+			}
+		}
+		return a.IsValid() && !strings.Contains(string(out), "tentative")
+	})
+	return a
+}
+
 // TestCaptureTCPAndRefusals covers what transparent capture does beyond HTTP:
 // a server-first TCP service (declared tcp-server-first) reached at its
 // virtual address with no sniffing delay; a plaintext caller from outside the
 // mesh refused at the app's port under strict mTLS; and a destination outside
-// the mesh refused while egress is off, then reached once it is on.
+// the mesh refused while egress is off, then reached once it is on. The
+// refusals are checked over IPv6 too, at link-local addresses.
 func TestCaptureTCPAndRefusals(t *testing.T) {
 	needNetns(t)
 	state := t.TempDir()
@@ -313,6 +347,28 @@ spec: {}
 	waitFor(t, 5*time.Second, "the plaintext refusal to be counted", func() bool {
 		return refusals(t, server.AdminAddress)["inbound/plaintext"] > before
 	})
+	// The same over IPv6, at the namespace's link-local address across the
+	// bridge: capture's ip6 table sends it to the sidecar's IPv6 listener,
+	// which refuses it in the same words.
+	t.Run("plaintext over IPv6", func(t *testing.T) {
+		ll := linkLocal(t, filepath.Base(serverNS), "eth0")
+		from := linkLocal(t, "", netns.BridgeName)
+		before := refusals(t, server.AdminAddress)["inbound/plaintext"]
+		addr := net.JoinHostPort(ll.WithZone(from.Zone()).String(), "7000")
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			t.Fatalf("dial %s: %v (capture sends it to the sidecar, which accepts before it refuses)", addr, err)
+		}
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if len(b) > 0 {
+			t.Errorf("a plaintext caller at [%s]:7000 read %q, want nothing under strict mTLS", ll, b)
+		}
+		waitFor(t, 5*time.Second, "the IPv6 plaintext refusal to be counted", func() bool {
+			return refusals(t, server.AdminAddress)["inbound/plaintext"] > before
+		})
+	})
 
 	// A destination outside the mesh: a server in a namespace of this test's.
 	outside, err := netns.Create("outside")
@@ -327,6 +383,35 @@ spec: {}
 	}
 	waitFor(t, 5*time.Second, "the egress refusal to be counted", func() bool {
 		return refusals(t, client.AdminAddress)["outbound/egress_denied"] > 0
+	})
+	// The same over IPv6: capture's ip6 table sends it to the sidecar on
+	// [::1], which reads where it was going (IP6T_SO_ORIGINAL_DST) and refuses
+	// it as egress, not as a loop. The workload's namespace gets a unique
+	// local address of its own for it (gone with the namespace): with a
+	// link-local source, the answer from ::1 would leave by eth0.
+	t.Run("egress over IPv6", func(t *testing.T) {
+		linkLocal(t, filepath.Base(clientNS), "eth0") // IPv6 is on there
+		if out, err := exec.Command("ip", "-n", filepath.Base(clientNS), "addr", "add", "fd00:19::2/64", "dev", "eth0", "nodad").CombinedOutput(); err != nil {
+			t.Fatalf("add an IPv6 address to the workload's namespace: %v: %s", err, out)
+		}
+		addr := "[fd00:19::9]:8025" // on that address's link; nothing is there
+		before := refusals(t, client.AdminAddress)
+		var c net.Conn
+		if err := capture.InNamespace(clientNS, func() (err error) { c, err = net.DialTimeout("tcp", addr, 2*time.Second); return err }); err != nil {
+			t.Fatalf("dial %s: %v (capture sends it to the sidecar, which accepts before it refuses)", addr, err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if len(b) > 0 {
+			t.Errorf("egress off, yet the app read %q from %s", b, addr)
+		}
+		waitFor(t, 5*time.Second, "the IPv6 egress refusal to be counted", func() bool {
+			return refusals(t, client.AdminAddress)["outbound/egress_denied"] > before["outbound/egress_denied"]
+		})
+		if after := refusals(t, client.AdminAddress); after["outbound/capture_loop"] != before["outbound/capture_loop"] {
+			t.Errorf("an IPv6 connection counted as a capture loop: %v → %v", before, after)
+		}
 	})
 	open := writeFile(t, state, "egress.yaml", meshConfig(true))
 	if _, errOut, err := trellis(t, state, "apply", "-f", open); err != nil {
@@ -420,4 +505,269 @@ func TestCaptureGRPC(t *testing.T) {
 	if !regexp.MustCompile(`trellis_requests_total\{direction="outbound"[^}]*destination_service="checkout.shop"[^}]*response_code="200",grpc_status="0"`).Match(b) {
 		t.Errorf("the client sidecar counted no gRPC OK to checkout.shop:\n%s", b)
 	}
+}
+
+// handWrittenHTTP serves HTTP/1.1 in the namespace at path, writing each
+// response by hand, with a reason phrase of its own and a lower-case field
+// name: the sidecars' relay passes both on as they are, where net/http writes
+// "200 OK" and canonical names. The body is the request's method, target and
+// Host, as the app received them.
+func handWrittenHTTP(t *testing.T, path, addr string) {
+	t.Helper()
+	var ln net.Listener
+	if err := capture.InNamespace(path, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					r, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, r.Body)
+					body := r.Method + " " + r.RequestURI + " " + r.Host
+					if _, err := fmt.Fprintf(c, "HTTP/1.1 200 Relayed As Is\r\nx-app-note: lower case\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+}
+
+// rawResponse is a response as it came on the wire.
+type rawResponse struct {
+	statusLine string
+	fields     []string // "name: value", as written
+	body       string
+}
+
+// exchangeRaw writes req on c and reads the final response from br: interim
+// responses are skipped, the body is read by its Content-Length.
+func exchangeRaw(c net.Conn, br *bufio.Reader, req string) (rawResponse, error) {
+	var r rawResponse
+	if _, err := io.WriteString(c, req); err != nil {
+		return r, err
+	}
+	for {
+		r = rawResponse{}
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return r, err
+		}
+		r.statusLine = strings.TrimRight(line, "\r\n")
+		length := 0
+		for {
+			f, err := br.ReadString('\n')
+			if err != nil {
+				return r, err
+			}
+			if f = strings.TrimRight(f, "\r\n"); f == "" {
+				break
+			}
+			r.fields = append(r.fields, f)
+			if name, v, _ := strings.Cut(f, ":"); strings.EqualFold(name, "content-length") {
+				length, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+		}
+		if strings.HasPrefix(r.statusLine, "HTTP/1.1 1") {
+			continue
+		}
+		b := make([]byte, length)
+		_, err = io.ReadFull(br, b)
+		r.body = string(b)
+		return r, err
+	}
+}
+
+// TestCaptureHTTP1OnTheRelay: an app's HTTP/1.1 connection to a service's
+// virtual address, taken by capture, is served by the sidecar's HTTP/1.1
+// relay, as the explicit proxy's are (the relay passes the app's reason
+// phrase and field names on as they are, net/http does not), and a request
+// the relay does not take goes to net/http on the same connection, which keeps
+// it. Both are sent where the original destination says, counted in one
+// series and logged alike. A captured connection to a destination whose
+// config never comes (the control plane stopped) is closed once the sidecar's
+// first-config bound has passed, and counted as no_config.
+func TestCaptureHTTP1OnTheRelay(t *testing.T) {
+	needNetns(t)
+	state := t.TempDir()
+	cp := controlPlane(t, state)
+	dumpLogsOnFailure(t, state)
+	start(t, state, "run", "--isolation", "netns", "-n", "shop", "--account", "web",
+		"--service", "web:8080/http", "--port", "8080", "--", "sleep", "600")
+	server := registered(t, state, "web", false)
+	handWrittenHTTP(t, nsOf(t, server.AdminAddress), "127.0.0.1:8080")
+
+	clientProc := start(t, state, "run", "--isolation", "netns", "-n", "shop", "--account", "client", "--", "sleep", "600")
+	client := registered(t, state, "client", true)
+	clientNS := nsOf(t, client.AdminAddress)
+	vip := serviceAddr(t, state, "shop/web")
+	target := netip.AddrPortFrom(vip, 8080).String()
+	dial := func() (net.Conn, *bufio.Reader) {
+		t.Helper()
+		var c net.Conn
+		if err := capture.InNamespace(clientNS, func() (err error) { c, err = net.DialTimeout("tcp", target, 2*time.Second); return err }); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	const host = "web.shop:8080"
+	get := func(path string) string { return "GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\n\r\n" }
+	waitFor(t, 30*time.Second, "a request through capture", func() bool {
+		c, br := dial()
+		defer c.Close()
+		r, err := exchangeRaw(c, br, get("/warm-up"))
+		return err == nil && strings.HasPrefix(r.statusLine, "HTTP/1.1 200 ")
+	})
+
+	countsBefore := requestSeries(t, client.AdminAddress, "web.shop")
+	relayed := rawResponse{statusLine: "HTTP/1.1 200 Relayed As Is", fields: []string{"x-app-note: lower case"}}
+	byNetHTTP := rawResponse{statusLine: "HTTP/1.1 200 OK", fields: []string{"X-App-Note: lower case"}}
+	c, br := dial()
+	steps := []struct {
+		req, body string
+		want      rawResponse
+	}{
+		{get("/one"), "GET /one " + host, relayed},
+		{"POST /two HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 3\r\n\r\nabc", "POST /two " + host, relayed},
+		// An escaped path: the relay hands the connection to net/http.
+		{get("/three%20x"), "GET /three%20x " + host, byNetHTTP},
+		// net/http keeps the connection it was handed.
+		{get("/four"), "GET /four " + host, byNetHTTP},
+	}
+	for i, s := range steps {
+		got, err := exchangeRaw(c, br, s.req)
+		if err != nil {
+			t.Fatalf("request %d (%q): %v", i, s.req, err)
+		}
+		if got.statusLine != s.want.statusLine || got.body != s.body {
+			t.Errorf("request %d (%q): %q %q; want %q %q", i, s.req, got.statusLine, got.body, s.want.statusLine, s.body)
+		}
+		for _, f := range s.want.fields {
+			if !slices.Contains(got.fields, f) {
+				t.Errorf("request %d (%q): fields %q, want %q among them", i, s.req, got.fields, f)
+			}
+		}
+	}
+	// A new connection starts on the relay again.
+	c2, br2 := dial()
+	if got, err := exchangeRaw(c2, br2, get("/five")); err != nil || got.statusLine != relayed.statusLine {
+		t.Errorf("first request on a new connection: %q, %v; want %q", got.statusLine, err, relayed.statusLine)
+	}
+	c2.Close()
+
+	// The relay and net/http count their answers under the same labels: one
+	// series of 200s.
+	var counts map[string]int
+	waitFor(t, 5*time.Second, "the client sidecar to count the requests", func() bool {
+		counts = requestSeries(t, client.AdminAddress, "web.shop")
+		n := 0
+		for labels, v := range counts {
+			n += v - countsBefore[labels]
+		}
+		return n >= len(steps)+1
+	})
+	if len(counts) != 1 {
+		t.Errorf("trellis_requests_total series to web.shop: %v; want one, the same for relayed requests and net/http's", counts)
+	}
+	for labels := range counts {
+		for _, want := range []string{`direction="outbound"`, `destination_namespace="shop"`, `tls="true"`, `reason=""`} {
+			if !strings.Contains(labels, want) {
+				t.Errorf("series {%s} lacks %s", labels, want)
+			}
+		}
+		if strings.Contains(labels, `destination_workload=""`) {
+			t.Errorf("series {%s} names no destination workload", labels)
+		}
+	}
+
+	// The control plane stopped (not ended: it continues at cleanup), a
+	// destination the sidecar has not asked for yet never gets a config.
+	if err := cp.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cp.cmd.Process.Signal(syscall.SIGCONT) })
+	before := refusals(t, client.AdminAddress)["outbound/no_config"]
+	unknown := netip.AddrPortFrom(vip, 8081).String()
+	var nc net.Conn
+	began := time.Now()
+	if err := capture.InNamespace(clientNS, func() (err error) { nc, err = net.DialTimeout("tcp", unknown, 2*time.Second); return err }); err != nil {
+		t.Fatal(err)
+	}
+	nc.SetDeadline(time.Now().Add(15 * time.Second))
+	io.WriteString(nc, "GET / HTTP/1.1\r\nHost: web.shop:8081\r\n\r\n")
+	rest, err := io.ReadAll(nc)
+	took := time.Since(began)
+	nc.Close()
+	// Closed with the request unread, the connection may end in a reset.
+	if (err != nil && !errors.Is(err, syscall.ECONNRESET)) || len(rest) > 0 {
+		t.Errorf("captured connection to %s with no config: read %q, %v; want it closed with nothing", unknown, rest, err)
+	}
+	// The bound is trellis-proxy's default first-config timeout, 3 s.
+	if took < 3*time.Second || took > 4*time.Second {
+		t.Errorf("captured connection to %s with no config closed after %v, want 3s (at most 1s later)", unknown, took.Round(time.Millisecond))
+	}
+	t.Logf("captured connection with no config closed after %v", took.Round(time.Millisecond))
+	waitFor(t, 5*time.Second, "the no_config refusal to be counted", func() bool {
+		return refusals(t, client.AdminAddress)["outbound/no_config"] == before+1
+	})
+	cp.cmd.Process.Signal(syscall.SIGCONT)
+
+	// The access log: every request the same but for its path and method.
+	clientProc.stop(t)
+	var lines []map[string]any
+	for _, l := range strings.Split(clientProc.out.String(), "\n") {
+		var e map[string]any
+		if json.Unmarshal([]byte(l), &e) == nil && e["direction"] == "outbound" && e["destination_service"] == "web.shop" && e["status"] == float64(200) {
+			lines = append(lines, e)
+		}
+	}
+	if len(lines) < len(steps)+1 {
+		t.Fatalf("%d access log lines to web.shop, want at least %d:\n%s", len(lines), len(steps)+1, clientProc.out.String())
+	}
+	for _, e := range lines {
+		for _, k := range []string{"time", "method", "path", "duration_ms", "bytes_sent", "bytes_received"} {
+			delete(e, k)
+		}
+		if e["authority"] != target || e["protocol"] != "HTTP/1.1" {
+			t.Errorf("access log line %v: want authority %s, protocol HTTP/1.1", e, target)
+		}
+		if fmt.Sprint(e) != fmt.Sprint(lines[0]) {
+			t.Errorf("access log lines differ beyond method and path:\n%v\n%v", e, lines[0])
+		}
+	}
+}
+
+var requestSeriesRe = regexp.MustCompile(`(?m)^trellis_requests_total\{([^}]*)\} (\d+)$`)
+
+// requestSeries returns a sidecar's trellis_requests_total series of 200s
+// whose destination_service is service, by label text.
+func requestSeries(t *testing.T, admin, service string) map[string]int {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := map[string]int{}
+	for _, g := range requestSeriesRe.FindAllStringSubmatch(string(b), -1) {
+		if strings.Contains(g[1], `destination_service="`+service+`"`) && strings.Contains(g[1], `response_code="200"`) {
+			n, _ := strconv.Atoi(g[2])
+			m[g[1]] = n
+		}
+	}
+	return m
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"syscall"
 	"unsafe"
 
@@ -20,9 +21,15 @@ import (
 
 var errNotRedirected = errors.New("not redirected")
 
+// ip6tSoOriginalDst is IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv6/ip6_tables.h),
+// the IPv6 counterpart of SO_ORIGINAL_DST, read at level SOL_IPV6. x/sys
+// does not name it.
+const ip6tSoOriginalDst = 80
+
 // OriginalDst returns where a redirected TCP connection was going before
-// capture sent it to the sidecar (SO_ORIGINAL_DST). A connection that was not
-// redirected returns its own local address.
+// capture sent it to the sidecar: SO_ORIGINAL_DST for IPv4,
+// IP6T_SO_ORIGINAL_DST for IPv6, by the family of the connection's local
+// address. A connection that was not redirected returns its own local address.
 func OriginalDst(c net.Conn) (netip.AddrPort, error) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
@@ -32,14 +39,24 @@ func OriginalDst(c net.Conn) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	var sa unix.RawSockaddrInet4
+	v6 := false
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		v6 = a.AddrPort().Addr().Is6() && !a.AddrPort().Addr().Is4In6()
+	}
+	var sa4 unix.RawSockaddrInet4
+	var sa6 unix.RawSockaddrInet6
 	var serr error
 	err = rc.Control(func(fd uintptr) {
-		size := uint32(unsafe.Sizeof(sa))
-		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_IP, unix.SO_ORIGINAL_DST,
-			uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&size)), 0)
+		level, opt, p, size := unix.SOL_IP, unix.SO_ORIGINAL_DST, unsafe.Pointer(&sa4), uint32(unsafe.Sizeof(sa4))
+		name := "SO_ORIGINAL_DST"
+		if v6 {
+			level, opt, p, size = unix.SOL_IPV6, ip6tSoOriginalDst, unsafe.Pointer(&sa6), uint32(unsafe.Sizeof(sa6))
+			name = "IP6T_SO_ORIGINAL_DST"
+		}
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, uintptr(level), uintptr(opt),
+			uintptr(p), uintptr(unsafe.Pointer(&size)), 0)
 		if e != 0 {
-			serr = os.NewSyscallError("getsockopt SO_ORIGINAL_DST", e)
+			serr = os.NewSyscallError("getsockopt "+name, e)
 		}
 		if e == unix.ENOENT { // no NAT entry: the connection came straight here
 			serr = errNotRedirected
@@ -57,9 +74,20 @@ func OriginalDst(c net.Conn) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	pb := (*[2]byte)(unsafe.Pointer(&sa.Port)) // network byte order
-	port := uint16(pb[0])<<8 | uint16(pb[1])
-	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port), nil
+	if v6 {
+		a := netip.AddrFrom16(sa6.Addr)
+		if sa6.Scope_id != 0 {
+			a = a.WithZone(strconv.FormatUint(uint64(sa6.Scope_id), 10))
+		}
+		return netip.AddrPortFrom(a.Unmap(), networkPort(sa6.Port)), nil
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), networkPort(sa4.Port)), nil
+}
+
+// networkPort reads a port in network byte order, as a sockaddr holds it.
+func networkPort(p uint16) uint16 {
+	pb := (*[2]byte)(unsafe.Pointer(&p))
+	return uint16(pb[0])<<8 | uint16(pb[1])
 }
 
 // MarkDialer returns a net.Dialer Control function that sets SO_MARK on each
