@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"github.com/trellis-mesh/trellis/internal/proxy/procenv"
+
 	"context"
 	"errors"
 	"fmt"
@@ -273,7 +275,7 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 		proxyArgs = append(proxyArgs, "--key-type", o.keyType)
 	}
 	proxy := pl.command(proxyBin, proxyArgs...)
-	proxy.Env = append(os.Environ(), "TRELLIS_JOIN_TOKEN="+reg.Token)
+	proxy.Env = procenv.Env(append(os.Environ(), "TRELLIS_JOIN_TOKEN="+reg.Token))
 	proxy.Stdout, proxy.Stderr = stdout, stderr
 	proxy.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	for _, ln := range lns {

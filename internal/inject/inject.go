@@ -11,6 +11,8 @@
 package inject
 
 import (
+	"github.com/trellis-mesh/trellis/internal/proxy/procenv"
+
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -186,6 +188,8 @@ func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 		Env: []corev1.EnvVar{
 			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+			// Keeps the runtime's monitor thread awake (package procenv).
+			{Name: "GODEBUG", Value: procenv.Setting},
 		},
 		Ports: []corev1.ContainerPort{
 			{Name: "trellis-inbound", ContainerPort: InboundPort},

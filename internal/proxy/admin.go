@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"github.com/trellis-mesh/trellis/internal/proxy/procenv"
+
 	"encoding/json"
 	"fmt"
 	"net"
@@ -125,10 +127,13 @@ func addrString(a interface{ String() string }) string {
 type processInfo struct {
 	PID      int   `json:"pid"`
 	RSSBytes int64 `json:"rss_bytes"`
+	// GODEBUG is the runtime setting the launchers give every sidecar
+	// (package procenv); false: started without it, at a higher CPU cost.
+	GODEBUG bool `json:"godebug_schedtrace"`
 }
 
 func readProcess() processInfo {
-	pi := processInfo{PID: os.Getpid()}
+	pi := processInfo{PID: os.Getpid(), GODEBUG: procenv.Active()}
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return pi

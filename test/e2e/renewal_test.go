@@ -29,9 +29,15 @@ func certExpiry(t *testing.T, admin string) time.Time {
 	defer resp.Body.Close()
 	var cfg struct {
 		CertExpires time.Time `json:"certificate_expires"`
+		Process     struct {
+			GODEBUG bool `json:"godebug_schedtrace"`
+		} `json:"process"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&cfg); err != nil {
 		t.Fatal(err)
+	}
+	if !cfg.Process.GODEBUG {
+		t.Errorf("the sidecar at %s runs without the runtime setting trellis run gives it (internal/proxy/procenv)", admin)
 	}
 	return cfg.CertExpires
 }

@@ -1,0 +1,61 @@
+// Package procenv holds the Go runtime setting every sidecar runs with, for
+// the launchers that start one (`trellis run`, the Kubernetes injector) and for
+// the sidecar, which reports whether it has it. Standard library only.
+//
+// The setting is GODEBUG=schedtrace with a period of about 25 days. A sidecar
+// is idle most of the time even under load (at 1,000 requests per second a
+// request's work is a fraction of the millisecond between requests), so
+// without it the runtime's monitor thread (sysmon) goes into its deep sleep
+// between requests, and the next system call, one per read or write, wakes it
+// with a futex: in profiles that was 16–24 % of the sidecar's CPU. With
+// schedtrace set the monitor never takes that sleep (it polls at most every
+// 10 ms instead), which put the sidecar's CPU per request at about one nginx
+// hop's (docs/benchmarks.md). The price is one scheduler summary line on
+// standard error every 25 days of uptime (on a machine up longer than that,
+// also one at start), and a scheduler dump after a fatal error.
+package procenv
+
+import (
+	"os"
+	"strings"
+)
+
+// Setting is the GODEBUG entry: schedtrace's period in milliseconds, the
+// largest the runtime takes (int32).
+const Setting = "schedtrace=2147483647"
+
+// GODEBUG returns the GODEBUG value a sidecar runs with, given the one it
+// would have inherited: that value with Setting added, unless it sets
+// schedtrace itself (the user's word wins).
+func GODEBUG(inherited string) string {
+	for _, kv := range strings.Split(inherited, ",") {
+		if strings.HasPrefix(strings.TrimSpace(kv), "schedtrace=") {
+			return inherited
+		}
+	}
+	if strings.TrimSpace(inherited) == "" {
+		return Setting
+	}
+	return inherited + "," + Setting
+}
+
+// Env returns env (KEY=VALUE entries, as os.Environ gives them) with GODEBUG
+// as GODEBUG says; the last GODEBUG entry of env is the inherited one.
+func Env(env []string) []string {
+	out := make([]string, 0, len(env)+1)
+	inherited := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+			inherited = v
+			continue
+		}
+		out = append(out, kv)
+	}
+	return append(out, "GODEBUG="+GODEBUG(inherited))
+}
+
+// Active says whether this process runs with the setting (or another
+// schedtrace of the user's).
+func Active() bool {
+	return GODEBUG(os.Getenv("GODEBUG")) == os.Getenv("GODEBUG")
+}
