@@ -283,34 +283,34 @@ func (p *Proxy) Listening() <-chan struct{} { return p.listening }
 // Run certifies, starts the listeners and serves until ctx ends, then drains.
 func (p *Proxy) Run(ctx context.Context) error {
 	start := time.Now()
-	inLn, err := listen(p.opts.InboundAddr)
+	// Every listener bound so far, closed together when a later one fails.
+	var opened []net.Listener
+	bind := func(addr string) (net.Listener, error) {
+		ln, err := listen(addr)
+		if err != nil {
+			closeListeners(opened)
+			return nil, err
+		}
+		opened = append(opened, ln)
+		return ln, nil
+	}
+	inLn, err := bind(p.opts.InboundAddr)
 	if err != nil {
 		return fmt.Errorf("inbound listener: %w", err)
 	}
-	outLn, err := listen(p.opts.OutboundAddr)
+	outLn, err := bind(p.opts.OutboundAddr)
 	if err != nil {
-		inLn.Close()
 		return fmt.Errorf("outbound listener: %w", err)
 	}
-	admLn, err := listen(p.opts.AdminAddr)
+	admLn, err := bind(p.opts.AdminAddr)
 	if err != nil {
-		inLn.Close()
-		outLn.Close()
 		return fmt.Errorf("admin listener: %w", err)
 	}
 	var fwdLns []net.Listener
-	closeFwd := func() {
-		for _, l := range fwdLns {
-			l.Close()
-		}
-	}
+	closeFwd := func() { closeListeners(fwdLns) }
 	for _, f := range p.opts.TCPForwards {
-		ln, err := listen(f.Listen)
+		ln, err := bind(f.Listen)
 		if err != nil {
-			inLn.Close()
-			outLn.Close()
-			admLn.Close()
-			closeFwd()
 			return fmt.Errorf("tcp forward %s=%s: %w", f.Listen, f.Authority, err)
 		}
 		fwdLns = append(fwdLns, ln)
@@ -322,13 +322,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 			capLns = append(capLns, nil)
 			continue
 		}
-		ln, err := listen(a)
+		ln, err := bind(a)
 		if err != nil {
-			inLn.Close()
-			outLn.Close()
-			admLn.Close()
-			closeFwd()
-			closeListeners(capLns)
 			return fmt.Errorf("capture listener %s: %w", a, err)
 		}
 		capLns = append(capLns, ln)
@@ -342,11 +337,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	// Capture redirects IPv6 connections too: the outbound port on ::1.
 	capOut6, err := listenIPv6Twin(p.opts.CaptureOutboundAddr)
 	if err != nil {
-		inLn.Close()
-		outLn.Close()
-		admLn.Close()
-		closeFwd()
-		closeListeners(capLns)
+		closeListeners(opened)
 		return fmt.Errorf("capture listener %s, on IPv6: %w", p.opts.CaptureOutboundAddr, err)
 	}
 	closeCapture := func() {
