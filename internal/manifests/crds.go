@@ -68,10 +68,11 @@ func CRDs() []CRD {
 	}
 }
 
-// meshConfigV1alpha2Only lists the MeshConfig spec fields that v1alpha1 lacks
+// MeshConfigV1alpha2Only lists the MeshConfig spec fields that v1alpha1 lacks
 // (OSM-COMPAT 3.2): the v1alpha1 schema is the v1alpha2 one without them, so
-// that the API server refuses them in a v1alpha1 object, as OSM's did.
-func meshConfigV1alpha2Only() []string {
+// that the API server refuses them in a v1alpha1 object, as OSM's did, and the
+// translator refuses them in one applied locally.
+func MeshConfigV1alpha2Only() []string {
 	return []string{
 		"spec.sidecar.tlsMinProtocolVersion",
 		"spec.sidecar.tlsMaxProtocolVersion",
@@ -127,7 +128,7 @@ func (c CRD) Schema(version string) (map[string]any, error) {
 		return nil, fmt.Errorf("schemas/%s.yaml: %w", c.Plural, err)
 	}
 	if c.Kind == "MeshConfig" && version == "v1alpha1" {
-		for _, f := range meshConfigV1alpha2Only() {
+		for _, f := range MeshConfigV1alpha2Only() {
 			if err := deleteField(s, f); err != nil {
 				return nil, fmt.Errorf("schemas/%s.yaml: %w", c.Plural, err)
 			}

@@ -247,7 +247,7 @@ func TestMeshConfigVersions(t *testing.T) {
 			gone = append(gone, p)
 		}
 	}
-	want := slices.Clone(meshConfigV1alpha2Only())
+	want := slices.Clone(MeshConfigV1alpha2Only())
 	sort.Strings(want)
 	sort.Strings(gone)
 	if !slices.Equal(gone, want) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/api/osm"
+	"github.com/trellis-mesh/trellis/internal/manifests"
 	"github.com/trellis-mesh/trellis/internal/model"
 )
 
@@ -31,18 +32,9 @@ func actedOn(field string) bool {
 	return false
 }
 
-// v1alpha2OnlyFields are MeshConfig spec fields that v1alpha1 lacks.
-func v1alpha2OnlyFields() []string {
-	return []string{
-		"spec.sidecar.tlsMinProtocolVersion",
-		"spec.sidecar.tlsMaxProtocolVersion",
-		"spec.sidecar.cipherSuites",
-		"spec.sidecar.ecdhCurves",
-		"spec.sidecar.localProxyMode",
-		"spec.traffic.outboundIPRangeInclusionList",
-		"spec.traffic.networkInterfaceExclusionList",
-	}
-}
+// v1alpha2OnlyFields are MeshConfig spec fields that v1alpha1 lacks; the
+// v1alpha1 CRD's schema leaves out the same ones.
+func v1alpha2OnlyFields() []string { return manifests.MeshConfigV1alpha2Only() }
 
 // meshConfig reads a MeshConfig of either version into mesh settings, with OSM's
 // defaults for what it leaves unset, and warns about each set field that
