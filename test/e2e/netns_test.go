@@ -181,6 +181,17 @@ func registered(t *testing.T, state, name string, ready bool) workload {
 // hello before reading anything, then echoes one line.
 func greeter(t *testing.T, path, addr string) {
 	t.Helper()
+	serveInNamespace(t, path, addr, func(c net.Conn) {
+		io.WriteString(c, "hello from the greeter\n")
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		io.WriteString(c, "echo "+line)
+	})
+}
+
+// serveInNamespace listens on addr in the namespace at path and runs handle
+// on each connection, closing it after; the listener closes at cleanup.
+func serveInNamespace(t *testing.T, path, addr string, handle func(net.Conn)) {
+	t.Helper()
 	var ln net.Listener
 	if err := capture.InNamespace(path, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
 		t.Fatal(err)
@@ -194,9 +205,7 @@ func greeter(t *testing.T, path, addr string) {
 			}
 			go func() {
 				defer c.Close()
-				io.WriteString(c, "hello from the greeter\n")
-				line, _ := bufio.NewReader(c).ReadString('\n')
-				io.WriteString(c, "echo "+line)
+				handle(c)
 			}()
 		}
 	}()
@@ -514,34 +523,20 @@ func TestCaptureGRPC(t *testing.T) {
 // Host, as the app received them.
 func handWrittenHTTP(t *testing.T, path, addr string) {
 	t.Helper()
-	var ln net.Listener
-	if err := capture.InNamespace(path, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	serveInNamespace(t, path, addr, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			r, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					r, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, r.Body)
-					body := r.Method + " " + r.RequestURI + " " + r.Host
-					if _, err := fmt.Fprintf(c, "HTTP/1.1 200 Relayed As Is\r\nx-app-note: lower case\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err != nil {
-						return
-					}
-				}
-			}()
+			io.Copy(io.Discard, r.Body)
+			body := r.Method + " " + r.RequestURI + " " + r.Host
+			if _, err := fmt.Fprintf(c, "HTTP/1.1 200 Relayed As Is\r\nx-app-note: lower case\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err != nil {
+				return
+			}
 		}
-	}()
+	})
 }
 
 // rawResponse is a response as it came on the wire.
