@@ -62,6 +62,9 @@ func ParseAuthority(authority, callerNamespace string) (Target, error) {
 		return Target{}, fmt.Errorf("authority %q: port %q is not a number from 1 to 65535", authority, portStr)
 	}
 	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		if a.Zone() != "" {
+			return Target{}, fmt.Errorf("authority %q: an address with a zone is no service's", authority)
+		}
 		return Target{Addr: a.Unmap(), Port: port}, nil
 	}
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
@@ -71,10 +74,25 @@ func ParseAuthority(authority, callerNamespace string) (Target, error) {
 	if !found {
 		ns = callerNamespace
 	}
-	if name == "" || ns == "" || strings.Contains(ns, ".") {
-		return Target{}, fmt.Errorf("authority %q: want service.namespace[:port]", authority)
+	if !dnsLabel(name) || !dnsLabel(ns) {
+		return Target{}, fmt.Errorf("authority %q: want service.namespace[:port], each a DNS label", authority)
 	}
 	return Target{Service: model.Key{Namespace: ns, Name: name}, Port: port}, nil
+}
+
+// dnsLabel says whether s can name a service or a namespace: an RFC 1123
+// label, as Kubernetes requires of both (lower case by now).
+func dnsLabel(s string) bool {
+	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // Destination compiles the config for target t. The result does not depend on who
