@@ -17,6 +17,7 @@ package procenv
 
 import (
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -26,11 +27,15 @@ const Setting = "schedtrace=2147483647"
 
 // GODEBUG returns the GODEBUG value a sidecar runs with, given the one it
 // would have inherited: that value with Setting added, unless it sets
-// schedtrace itself (the user's word wins).
+// schedtrace to a positive period itself (the user's word wins; a later entry
+// overrides an earlier one in the runtime, so Setting goes last).
 func GODEBUG(inherited string) string {
+	// As the runtime reads it: entries split on commas, keys untrimmed.
 	for _, kv := range strings.Split(inherited, ",") {
-		if strings.HasPrefix(strings.TrimSpace(kv), "schedtrace=") {
-			return inherited
+		if v, ok := strings.CutPrefix(kv, "schedtrace="); ok {
+			if n, err := strconv.Atoi(v); err == nil && n > 0 {
+				return inherited
+			}
 		}
 	}
 	if strings.TrimSpace(inherited) == "" {
