@@ -74,16 +74,19 @@ install_packages() {
 
 # --- an existing cluster --------------------------------------------------------
 
-# cluster_running reports whether every process in the state file is alive.
+# cluster_running reports whether every process in the state file is alive,
+# clusterdns among them (a cluster an older up.sh started has none, and its
+# kubelet gives pods no DNS: it counts as broken, to be started again).
 cluster_running() {
 	[[ -f $STATE ]] || return 1
-	local kind name pid start n=0
+	local kind name pid start n=0 dns=0
 	while read -r kind name pid start; do
 		[[ $kind == pid ]] || continue
 		alive "$pid" "$start" || return 1
 		n=$((n + 1))
+		[[ $name == clusterdns ]] && dns=1
 	done <"$STATE"
-	((n > 0))
+	((n > 0 && dns))
 }
 
 # --- preflight --------------------------------------------------------------
@@ -497,11 +500,10 @@ readiness() {
 # --- cluster DNS ------------------------------------------------------------
 
 # build_clusterdns builds the cluster's DNS server from the project's module
-# (a few seconds with a warm Go cache) into a temporary file; main moves it
-# into the run directory.
+# (a few seconds with a warm Go cache) into the run directory.
 build_clusterdns() {
-	CLUSTERDNS_BIN=$(mktemp -d)/clusterdns
-	(cd "$CLUSTER_SRC/../.." && CGO_ENABLED=0 go build -trimpath -o "$CLUSTERDNS_BIN" ./test/cluster/clusterdns) ||
+	mkdir -p "$RUN_DIR/bin"
+	(cd "$CLUSTER_SRC/../.." && CGO_ENABLED=0 go build -trimpath -o "$RUN_DIR/bin/clusterdns" ./test/cluster/clusterdns) ||
 		die "building test/cluster/clusterdns failed"
 	log "clusterdns built"
 }
@@ -526,17 +528,15 @@ main() {
 
 	install_packages
 	"$CLUSTER_SRC/build.sh" all
-	build_clusterdns
 	local pause_tar=$IMAGE_DIR/current/pause.tar
 	preflight
 
-	mkdir -p "$RUN_DIR/bin"
-	mv "$CLUSTERDNS_BIN" "$RUN_DIR/bin/clusterdns"
-	rmdir "$(dirname "$CLUSTERDNS_BIN")"
+	mkdir -p "$RUN_DIR"
 	: >"$STATE"
 	mkdir -p "$LOGS"
 	trap on_exit EXIT
 	trap 'exit 130' INT TERM
+	build_clusterdns
 	record_host
 	make_pki
 	write_configs

@@ -126,17 +126,22 @@ func run(kubeconfig, listen, domain string) error {
 		pc.Close()
 		ln.Close()
 	}()
-	go serveTCP(ln, z)
-	serveUDP(pc, z)
-	return nil
+	errc := make(chan error, 2)
+	go func() { errc <- serveTCP(ln, z) }()
+	go func() { errc <- serveUDP(pc, z) }()
+	err = <-errc
+	if ctx.Err() != nil {
+		return nil // stopped
+	}
+	return err
 }
 
-func serveUDP(pc net.PacketConn, z *zone) {
+func serveUDP(pc net.PacketConn, z *zone) error {
 	buf := make([]byte, 512)
 	for {
 		n, from, err := pc.ReadFrom(buf)
 		if err != nil {
-			return
+			return fmt.Errorf("udp: %w", err)
 		}
 		if out := z.answer(buf[:n], 512); out != nil {
 			pc.WriteTo(out, from)
@@ -144,11 +149,17 @@ func serveUDP(pc net.PacketConn, z *zone) {
 	}
 }
 
-func serveTCP(ln net.Listener, z *zone) {
+func serveTCP(ln net.Listener, z *zone) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			return
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("tcp: %w", err)
+			}
+			// Out of descriptors and the like: the next accept may work.
+			log.Printf("tcp accept: %v", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
 		}
 		go func() {
 			defer c.Close()
