@@ -177,6 +177,15 @@ func registered(t *testing.T, state, name string, ready bool) workload {
 	return w
 }
 
+// readUntilClosed reads what c says until the peer closes it or d passes,
+// then closes it: a refused connection says nothing.
+func readUntilClosed(c net.Conn, d time.Duration) []byte {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(d))
+	b, _ := io.ReadAll(c)
+	return b
+}
+
 // greeter serves a server-first protocol in the namespace at path: it says
 // hello before reading anything, then echoes one line.
 func greeter(t *testing.T, path, addr string) {
@@ -346,10 +355,7 @@ spec: {}
 	host, _, _ := net.SplitHostPort(server.AdminAddress)
 	before := refusals(t, server.AdminAddress)["inbound/plaintext"]
 	if c, err := net.DialTimeout("tcp", net.JoinHostPort(host, "7000"), 2*time.Second); err == nil {
-		c.SetDeadline(time.Now().Add(2 * time.Second))
-		b, _ := io.ReadAll(c)
-		c.Close()
-		if len(b) > 0 {
+		if b := readUntilClosed(c, 2*time.Second); len(b) > 0 {
 			t.Errorf("a plaintext caller at the app's port read %q, want nothing under strict mTLS", b)
 		}
 	}
@@ -368,10 +374,7 @@ spec: {}
 		if err != nil {
 			t.Fatalf("dial %s: %v (capture sends it to the sidecar, which accepts before it refuses)", addr, err)
 		}
-		c.SetDeadline(time.Now().Add(2 * time.Second))
-		b, _ := io.ReadAll(c)
-		c.Close()
-		if len(b) > 0 {
+		if b := readUntilClosed(c, 2*time.Second); len(b) > 0 {
 			t.Errorf("a plaintext caller at [%s]:7000 read %q, want nothing under strict mTLS", ll, b)
 		}
 		waitFor(t, 5*time.Second, "the IPv6 plaintext refusal to be counted", func() bool {
@@ -409,10 +412,7 @@ spec: {}
 		if err := capture.InNamespace(clientNS, func() (err error) { c, err = net.DialTimeout("tcp", addr, 2*time.Second); return err }); err != nil {
 			t.Fatalf("dial %s: %v (capture sends it to the sidecar, which accepts before it refuses)", addr, err)
 		}
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		b, _ := io.ReadAll(c)
-		c.Close()
-		if len(b) > 0 {
+		if b := readUntilClosed(c, 5*time.Second); len(b) > 0 {
 			t.Errorf("egress off, yet the app read %q from %s", b, addr)
 		}
 		waitFor(t, 5*time.Second, "the IPv6 egress refusal to be counted", func() bool {
