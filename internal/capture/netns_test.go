@@ -126,13 +126,42 @@ func expect(t *testing.T, ch <-chan string, want, what string) {
 	}
 }
 
-func TestCaptureInNamespace(t *testing.T) {
-	w, p := pair(t)
-	f, err := os.Open(w)
+// openNS opens the namespace at path for Apply and Remove; closed at cleanup.
+func openNS(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
+	return int(f.Fd())
+}
+
+// dialStep is one connection a capture test makes, from the namespace at
+// from to addr, and where it must arrive: at, reading want.
+type dialStep struct {
+	from, addr, msg string
+	d               *net.Dialer
+	at              <-chan string
+	want            string
+	what            string // for failures; default msg
+}
+
+func (s dialStep) run(t *testing.T) {
+	t.Helper()
+	what := s.what
+	if what == "" {
+		what = s.msg
+	}
+	if err := dialIn(t, s.from, s.addr, s.msg, s.d); err != nil {
+		t.Fatalf("%s: dial %s: %v", what, s.addr, err)
+	}
+	expect(t, s.at, s.want, what)
+}
+
+func TestCaptureInNamespace(t *testing.T) {
+	w, p := pair(t)
+	fd := openNS(t, w)
 	const mark = 0x7e11
 	rules := Rules{
 		OutboundPort: DefaultOutboundPort, InboundPort: DefaultInboundPort, ProxyMark: mark,
@@ -142,14 +171,14 @@ func TestCaptureInNamespace(t *testing.T) {
 	}
 	// The CIDR exclusion covers the peer, so the first checks use the port.
 	rules.ExcludeOutboundCIDRs = nil
-	if err := Apply(int(f.Fd()), rules); err != nil {
+	if err := Apply(fd, rules); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := Programmed(int(f.Fd())); err != nil || !ok {
+	if ok, err := Programmed(fd); err != nil || !ok {
 		t.Fatalf("Programmed = %v, %v after Apply", ok, err)
 	}
 	// Applying again replaces the table rather than adding a second set.
-	if err := Apply(int(f.Fd()), rules); err != nil {
+	if err := Apply(fd, rules); err != nil {
 		t.Fatalf("second Apply: %v", err)
 	}
 
@@ -162,53 +191,31 @@ func TestCaptureInNamespace(t *testing.T) {
 	plain := &net.Dialer{}
 	marked := &net.Dialer{Control: sock.MarkDialer(mark)}
 
-	if err := dialIn(t, w, "198.18.0.9:8080", "to-vip", plain); err != nil {
-		t.Fatalf("dial a virtual address: %v", err)
+	for _, s := range []dialStep{
+		{w, "198.18.0.9:8080", "to-vip", plain, captured, "198.18.0.9:8080 <nil> to-vip", "app to a virtual address"},
+		{w, "198.19.77.3:80", "to-peer", plain, captured, "198.19.77.3:80 <nil> to-peer", "app to the peer's address"},
+		{w, "198.19.77.3:80", "marked", marked, peer80, "198.19.77.3:80 <nil> marked", "the sidecar's own (marked) dial"},
+		{w, "198.19.77.3:5432", "excluded-port", plain, peer5432, "198.19.77.3:5432 <nil> excluded-port", "excluded outbound port"},
+		{p, "198.19.77.2:8080", "to-app", plain, inbound, "198.19.77.2:8080 <nil> to-app", "inbound to an app port"},
+		{p, "198.19.77.2:15003", "to-sidecar", plain, mtls, "198.19.77.2:15003 <nil> to-sidecar", "inbound to the sidecar's excluded port"},
+	} {
+		s.run(t)
 	}
-	expect(t, captured, "198.18.0.9:8080 <nil> to-vip", "app to a virtual address")
-
-	if err := dialIn(t, w, "198.19.77.3:80", "to-peer", plain); err != nil {
-		t.Fatal(err)
-	}
-	expect(t, captured, "198.19.77.3:80 <nil> to-peer", "app to the peer's address")
-
-	if err := dialIn(t, w, "198.19.77.3:80", "marked", marked); err != nil {
-		t.Fatal(err)
-	}
-	expect(t, peer80, "198.19.77.3:80 <nil> marked", "the sidecar's own (marked) dial")
-
-	if err := dialIn(t, w, "198.19.77.3:5432", "excluded-port", plain); err != nil {
-		t.Fatal(err)
-	}
-	expect(t, peer5432, "198.19.77.3:5432 <nil> excluded-port", "excluded outbound port")
-
-	if err := dialIn(t, p, "198.19.77.2:8080", "to-app", plain); err != nil {
-		t.Fatal(err)
-	}
-	expect(t, inbound, "198.19.77.2:8080 <nil> to-app", "inbound to an app port")
-
-	if err := dialIn(t, p, "198.19.77.2:15003", "to-sidecar", plain); err != nil {
-		t.Fatal(err)
-	}
-	expect(t, mtls, "198.19.77.2:15003 <nil> to-sidecar", "inbound to the sidecar's excluded port")
 
 	// A CIDR exclusion lets the app reach the peer directly.
 	rules.ExcludeOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("198.19.77.0/24")}
-	if err := Apply(int(f.Fd()), rules); err != nil {
+	if err := Apply(fd, rules); err != nil {
 		t.Fatal(err)
 	}
-	if err := dialIn(t, w, "198.19.77.3:80", "excluded-cidr", plain); err != nil {
-		t.Fatal(err)
-	}
-	expect(t, peer80, "198.19.77.3:80 <nil> excluded-cidr", "excluded outbound CIDR")
+	dialStep{w, "198.19.77.3:80", "excluded-cidr", plain, peer80, "198.19.77.3:80 <nil> excluded-cidr", "excluded outbound CIDR"}.run(t)
 
-	if err := Remove(int(f.Fd())); err != nil {
+	if err := Remove(fd); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := Programmed(int(f.Fd())); err != nil || ok {
+	if ok, err := Programmed(fd); err != nil || ok {
 		t.Fatalf("Programmed = %v, %v after Remove", ok, err)
 	}
-	if err := Remove(int(f.Fd())); err != nil {
+	if err := Remove(fd); err != nil {
 		t.Fatalf("Remove with no table: %v", err)
 	}
 }
@@ -221,21 +228,17 @@ func TestCaptureIPv6InNamespace(t *testing.T) {
 		t.Skip("the kernel runs no IPv6")
 	}
 	w, p := pair(t)
-	f, err := os.Open(w)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	fd := openNS(t, w)
 	const mark = 0x7e11
 	rules := Rules{
 		OutboundPort: DefaultOutboundPort, InboundPort: DefaultInboundPort, ProxyMark: mark,
 		ExcludeOutboundPorts: []int{5432},
 		ExcludeInboundPorts:  []int{15003, 15000},
 	}
-	if err := Apply(int(f.Fd()), rules); err != nil {
+	if err := Apply(fd, rules); err != nil {
 		t.Fatal(err)
 	}
-	c, err := conn(int(f.Fd()))
+	c, err := conn(fd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,27 +262,18 @@ func TestCaptureIPv6InNamespace(t *testing.T) {
 
 	plain := &net.Dialer{}
 	marked := &net.Dialer{Control: sock.MarkDialer(mark)}
-	steps := []struct {
-		from, addr, msg string
-		d               *net.Dialer
-		at              <-chan string
-		want            string
-	}{
-		{w, "[fd00:18::9]:8080", "to-vip", plain, captured, "[fd00:18::9]:8080 <nil> to-vip"},
-		{w, "[fd00:77::3]:80", "to-peer", plain, captured, "[fd00:77::3]:80 <nil> to-peer"},
-		{w, "[fd00:77::3]:80", "marked", marked, peer80, "[fd00:77::3]:80 <nil> marked"},
-		{w, "[fd00:77::3]:5432", "excluded-port", plain, peer5432, "[fd00:77::3]:5432 <nil> excluded-port"},
+	for _, s := range []dialStep{
+		{w, "[fd00:18::9]:8080", "to-vip", plain, captured, "[fd00:18::9]:8080 <nil> to-vip", ""},
+		{w, "[fd00:77::3]:80", "to-peer", plain, captured, "[fd00:77::3]:80 <nil> to-peer", ""},
+		{w, "[fd00:77::3]:80", "marked", marked, peer80, "[fd00:77::3]:80 <nil> marked", ""},
+		{w, "[fd00:77::3]:5432", "excluded-port", plain, peer5432, "[fd00:77::3]:5432 <nil> excluded-port", ""},
 		// The app calling itself on ::1 is not captured: the listener there
 		// reads its own address as the original destination.
-		{w, "[::1]:9000", "loopback", plain, self, "[::1]:9000 <nil> loopback"},
-		{p, "[fd00:77::2]:8080", "to-app", plain, inbound, "[fd00:77::2]:8080 <nil> to-app"},
-		{p, "[fd00:77::2]:15003", "to-sidecar", plain, mtls, "[fd00:77::2]:15003 <nil> to-sidecar"},
-	}
-	for _, s := range steps {
-		if err := dialIn(t, s.from, s.addr, s.msg, s.d); err != nil {
-			t.Fatalf("%s: dial %s: %v", s.msg, s.addr, err)
-		}
-		expect(t, s.at, s.want, s.msg)
+		{w, "[::1]:9000", "loopback", plain, self, "[::1]:9000 <nil> loopback", ""},
+		{p, "[fd00:77::2]:8080", "to-app", plain, inbound, "[fd00:77::2]:8080 <nil> to-app", ""},
+		{p, "[fd00:77::2]:15003", "to-sidecar", plain, mtls, "[fd00:77::2]:15003 <nil> to-sidecar", ""},
+	} {
+		s.run(t)
 	}
 
 	// Excluded CIDRs: each family's only in its own table.
@@ -297,40 +291,29 @@ func TestCaptureIPv6InNamespace(t *testing.T) {
 		if r.ExcludeOutboundCIDRs, err = ParseCIDRs(tt.exclude); err != nil {
 			t.Fatal(err)
 		}
-		if err := Apply(int(f.Fd()), r); err != nil {
+		if err := Apply(fd, r); err != nil {
 			t.Fatal(err)
 		}
 		msg := strings.ReplaceAll(tt.name, " ", "-")
-		if err := dialIn(t, w, "[fd00:77::3]:80", msg, plain); err != nil {
-			t.Fatal(err)
-		}
-		expect(t, tt.v6, tt.v6w+msg, tt.name+" excluded, IPv6 to the peer")
-		if err := dialIn(t, w, "198.19.77.3:80", msg, plain); err != nil {
-			t.Fatal(err)
-		}
-		expect(t, tt.v4, tt.v4w+msg, tt.name+" excluded, IPv4 to the peer")
+		dialStep{w, "[fd00:77::3]:80", msg, plain, tt.v6, tt.v6w + msg, tt.name + " excluded, IPv6 to the peer"}.run(t)
+		dialStep{w, "198.19.77.3:80", msg, plain, tt.v4, tt.v4w + msg, tt.name + " excluded, IPv4 to the peer"}.run(t)
 	}
 
 	// Included CIDRs of one family leave the other family uncaptured.
 	r := rules
 	r.IncludeOutboundCIDRs = []netip.Prefix{netip.MustParsePrefix("fd00:18::/64")}
-	if err := Apply(int(f.Fd()), r); err != nil {
+	if err := Apply(fd, r); err != nil {
 		t.Fatal(err)
 	}
-	if err := dialIn(t, w, "[fd00:18::9]:8080", "included", plain); err != nil {
-		t.Fatal(err)
+	for _, s := range []dialStep{
+		{w, "[fd00:18::9]:8080", "included", plain, captured, "[fd00:18::9]:8080 <nil> included", "an included IPv6 virtual address"},
+		{w, "[fd00:77::3]:80", "not-included", plain, peer80, "[fd00:77::3]:80 <nil> not-included", "IPv6 outside the included CIDR"},
+		{w, "198.19.77.3:80", "not-included-v4", plain, peer80v4, "198.19.77.3:80 <nil> not-included-v4", "IPv4 with only IPv6 CIDRs included"},
+	} {
+		s.run(t)
 	}
-	expect(t, captured, "[fd00:18::9]:8080 <nil> included", "an included IPv6 virtual address")
-	if err := dialIn(t, w, "[fd00:77::3]:80", "not-included", plain); err != nil {
-		t.Fatal(err)
-	}
-	expect(t, peer80, "[fd00:77::3]:80 <nil> not-included", "IPv6 outside the included CIDR")
-	if err := dialIn(t, w, "198.19.77.3:80", "not-included-v4", plain); err != nil {
-		t.Fatal(err)
-	}
-	expect(t, peer80v4, "198.19.77.3:80 <nil> not-included-v4", "IPv4 with only IPv6 CIDRs included")
 
-	if err := Remove(int(f.Fd())); err != nil {
+	if err := Remove(fd); err != nil {
 		t.Fatal(err)
 	}
 	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
