@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,6 +140,21 @@ func parseSummary(t *testing.T, out string) demoSummary {
 		t.Fatalf("demo output is not JSON: %v\n%s", err, out)
 	}
 	return s
+}
+
+// sidecarMetrics reads a sidecar's /metrics from its admin address.
+func sidecarMetrics(t *testing.T, admin string) []byte {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("metrics of %s: %v", admin, err)
+	}
+	return b
 }
 
 // noLeftovers checks that no process started from bin is still running.

@@ -243,12 +243,7 @@ var capturedRefusedRe = regexp.MustCompile(`trellis_connections_refused_total\{d
 
 func refusals(t *testing.T, admin string) map[string]int {
 	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b := sidecarMetrics(t, admin)
 	m := map[string]int{}
 	for _, g := range capturedRefusedRe.FindAllStringSubmatch(string(b), -1) {
 		n, _ := strconv.Atoi(g[3])
@@ -505,12 +500,7 @@ func TestCaptureGRPC(t *testing.T) {
 		t.Fatalf("server stream through capture: %v, %v", r, err)
 	}
 	cancel()
-	resp, err := http.Get("http://" + client.AdminAddress + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	b := sidecarMetrics(t, client.AdminAddress)
 	if !regexp.MustCompile(`trellis_requests_total\{direction="outbound"[^}]*destination_service="checkout.shop"[^}]*response_code="200",grpc_status="0"`).Match(b) {
 		t.Errorf("the client sidecar counted no gRPC OK to checkout.shop:\n%s", b)
 	}
@@ -751,12 +741,7 @@ var requestSeriesRe = regexp.MustCompile(`(?m)^trellis_requests_total\{([^}]*)\}
 // whose destination_service is service, by label text.
 func requestSeries(t *testing.T, admin, service string) map[string]int {
 	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b := sidecarMetrics(t, admin)
 	m := map[string]int{}
 	for _, g := range requestSeriesRe.FindAllStringSubmatch(string(b), -1) {
 		if strings.Contains(g[1], `destination_service="`+service+`"`) && strings.Contains(g[1], `response_code="200"`) {

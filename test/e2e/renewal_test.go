@@ -2,13 +2,13 @@ package e2e
 
 import (
 	"encoding/json"
-	"github.com/trellis-mesh/trellis/internal/freeport"
-	"io"
 	"net/http"
 	"regexp"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/freeport"
 )
 
 func freeLoopbackPort(t *testing.T) int {
@@ -63,12 +63,7 @@ func TestCertificateRenewalUnderLoad(t *testing.T) {
 			t.Errorf("%s: certificate expiry moved from %s to %s in 10 s; want several renewals", n, exp.Format(time.RFC3339Nano), now.Format(time.RFC3339Nano))
 		}
 	}
-	resp, err := http.Get("http://" + ws["bookbuyer"].AdminAddress + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	b := sidecarMetrics(t, ws["bookbuyer"].AdminAddress)
 	exp := regexp.MustCompile(`(?m)^trellis_certificate_expiry_timestamp_seconds (\d+)$`).FindSubmatch(b)
 	if exp == nil {
 		t.Error("sidecar metrics have no trellis_certificate_expiry_timestamp_seconds")
