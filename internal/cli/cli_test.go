@@ -216,3 +216,10 @@ func TestBadOutputFormat(t *testing.T) {
 		t.Errorf("output -o xml: error = %v, want one naming json or yaml", err)
 	}
 }
+
+func TestRunBadProxyConcurrency(t *testing.T) {
+	_, errb, code := trellisMain(t, t.TempDir(), "run", "--account", "bookbuyer", "--proxy-concurrency", "-1", "--", "true")
+	if code == 0 || !strings.Contains(errb, "--proxy-concurrency: want 0 or more threads") {
+		t.Errorf("exit %d, stderr %q; want non-zero and the flag named", code, errb)
+	}
+}

@@ -40,6 +40,7 @@ type runOptions struct {
 	stopTimeout              time.Duration
 	accessLog                bool
 	keyType                  string
+	proxyConcurrency         int
 	tcpForwards              []string
 	isolation                string
 	excludeInboundPorts      string
@@ -94,6 +95,7 @@ removed when the workload stops.`,
 	f.DurationVar(&o.withdrawDelay, "withdraw-delay", 500*time.Millisecond, "at shutdown, how long to keep serving after withdrawing the endpoint, while callers learn of it")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", 10*time.Second, "how long the program may take to exit after SIGTERM before SIGKILL")
 	f.StringVar(&o.keyType, "key-type", "ecdsa-p256", "the `type` of key the sidecar makes for its certificate: ecdsa-p256, ecdsa-p384, rsa-2048 or rsa-3072")
+	f.IntVar(&o.proxyConcurrency, "proxy-concurrency", procenv.DefaultConcurrency, "how many threads run the sidecar's Go code at once (its --concurrency; 0: the Go runtime's choice)")
 	f.BoolVar(&o.accessLog, "access-log", true, "the sidecar writes a JSON access log line per request to stdout")
 	f.StringVar(&o.isolation, "isolation", "none", "none: the workload shares the host's network and uses the sidecar as its HTTP proxy; netns (root): it gets a network namespace of its own with transparent capture, as a pod")
 	f.StringVar(&o.excludeInboundPorts, "exclude-inbound-ports", "", "with --isolation netns: comma-separated app `ports` that inbound capture leaves alone")
@@ -212,6 +214,9 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 	if _, err := spiffe.ParseKeyType(o.keyType); err != nil {
 		return fmt.Errorf("--key-type: %w", err)
 	}
+	if o.proxyConcurrency < 0 {
+		return fmt.Errorf("--proxy-concurrency: want 0 or more threads, not %d", o.proxyConcurrency)
+	}
 	forwards, err := parseTCPForwards(o.tcpForwards)
 	if err != nil {
 		return err
@@ -274,6 +279,7 @@ func (o *runOptions) run(ctx context.Context, args []string, stdout, stderr io.W
 	if o.keyType != "" {
 		proxyArgs = append(proxyArgs, "--key-type", o.keyType)
 	}
+	proxyArgs = append(proxyArgs, "--concurrency", strconv.Itoa(o.proxyConcurrency))
 	proxy := pl.command(proxyBin, proxyArgs...)
 	proxy.Env = procenv.Env(append(os.Environ(), "TRELLIS_JOIN_TOKEN="+reg.Token))
 	proxy.Stdout, proxy.Stderr = stdout, stderr

@@ -153,3 +153,34 @@ func TestMutateKeyType(t *testing.T) {
 		t.Errorf("sidecar --key-type = %q, want rsa-3072", got)
 	}
 }
+
+// TestMutateConcurrency passes the pod's trellis.io/proxy-concurrency to its
+// sidecar, leaves the sidecar's default alone without it, and refuses a
+// value that is not a number of threads, naming the annotation.
+func TestMutateConcurrency(t *testing.T) {
+	out, err := Mutate(bookstorePod(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := argValue(out.Spec.InitContainers[0].Args, "--concurrency"); got != "" {
+		t.Errorf("no annotation, yet --concurrency %q", got)
+	}
+	for val, want := range map[string]string{"4": "4", " 0 ": "0"} {
+		pod := bookstorePod()
+		pod.Annotations = map[string]string{ConcurrencyAnnotation: val}
+		out, err := Mutate(pod, cfg)
+		if err != nil {
+			t.Fatalf("%s=%q: %v", ConcurrencyAnnotation, val, err)
+		}
+		if got := argValue(out.Spec.InitContainers[0].Args, "--concurrency"); got != want {
+			t.Errorf("%s=%q: --concurrency %q, want %q", ConcurrencyAnnotation, val, got, want)
+		}
+	}
+	for _, val := range []string{"", "two", "-1", "1.5", "257"} {
+		pod := bookstorePod()
+		pod.Annotations = map[string]string{ConcurrencyAnnotation: val}
+		if _, err := Mutate(pod, cfg); err == nil || !strings.Contains(err.Error(), ConcurrencyAnnotation) {
+			t.Errorf("%s=%q: err %v, want one naming the annotation", ConcurrencyAnnotation, val, err)
+		}
+	}
+}

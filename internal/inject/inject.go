@@ -33,6 +33,11 @@ const (
 	// containers' probes as they were before injection moved them to the
 	// sidecar: container name → probe field → its original handler.
 	OriginalProbesAnnotation = "trellis.io/original-probes"
+	// ConcurrencyAnnotation on a pod sets how many threads run its
+	// sidecar's Go code at once (trellis-proxy --concurrency, default
+	// procenv.DefaultConcurrency; 0: the Go runtime's choice), for a pod
+	// whose sidecar carries more than one core's worth of traffic.
+	ConcurrencyAnnotation = "trellis.io/proxy-concurrency"
 )
 
 // MetricsAnnotation on a namespace (OSM's, set by trellis metrics enable)
@@ -61,6 +66,10 @@ const (
 // WithdrawSeconds is how long an app keeps serving after its pod is deleted,
 // while callers learn that its endpoint is gone (the injected preStop sleep).
 const WithdrawSeconds = 2
+
+// maxConcurrency bounds ConcurrencyAnnotation: more threads than a node has
+// cores only adds hand-offs between them.
+const maxConcurrency = 256
 
 // Sidecar ports in the pod.
 const (
@@ -157,6 +166,13 @@ func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 	}
 	if cfg.KeyType != "" {
 		args = append(args, "--key-type", cfg.KeyType)
+	}
+	if v, ok := pod.Annotations[ConcurrencyAnnotation]; ok {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 0 || n > maxConcurrency {
+			return nil, fmt.Errorf("annotation %s: %q is not a number of threads; want 0 to %d, such as \"2\"", ConcurrencyAnnotation, v, maxConcurrency)
+		}
+		args = append(args, "--concurrency", strconv.Itoa(n))
 	}
 	captured := captureWanted(pod, cfg)
 	var capInit corev1.Container

@@ -1,13 +1,12 @@
 package proxy
 
 import (
-	"github.com/trellis-mesh/trellis/internal/proxy/procenv"
-
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/trellis-mesh/trellis/internal/probe"
+	"github.com/trellis-mesh/trellis/internal/proxy/procenv"
 	"github.com/trellis-mesh/trellis/internal/spiffe"
 )
 
@@ -130,10 +130,13 @@ type processInfo struct {
 	// GODEBUG is the runtime setting the launchers give every sidecar
 	// (package procenv); false: started without it, at a higher CPU cost.
 	GODEBUG bool `json:"godebug_schedtrace"`
+	// GOMAXPROCS is how many threads run the sidecar's Go code at once
+	// (--concurrency, package procenv).
+	GOMAXPROCS int `json:"gomaxprocs"`
 }
 
 func readProcess() processInfo {
-	pi := processInfo{PID: os.Getpid(), GODEBUG: procenv.Active()}
+	pi := processInfo{PID: os.Getpid(), GODEBUG: procenv.Active(), GOMAXPROCS: runtime.GOMAXPROCS(0)}
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return pi

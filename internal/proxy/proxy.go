@@ -29,6 +29,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/probe"
 	"github.com/trellis-mesh/trellis/internal/proxy/control"
+	"github.com/trellis-mesh/trellis/internal/proxy/procenv"
 	"github.com/trellis-mesh/trellis/internal/proxy/telemetry"
 	"github.com/trellis-mesh/trellis/internal/spiffe"
 )
@@ -143,6 +144,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	accessLog := fs.Bool("access-log", true, "write JSON access log lines to stdout")
 	fs.DurationVar(&o.AccessLogEvery, "access-log-every", 100*time.Millisecond, "write access log lines together at most this far apart (0: each at once)")
+	concurrency := fs.Int("concurrency", procenv.DefaultConcurrency, "how many threads run the sidecar's Go code at once (GOMAXPROCS; 0: the Go runtime's choice, the CPU count or the container's CPU limit but at least 2); $GOMAXPROCS, when set, wins")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: trellis-proxy [flags]\n\nThe Trellis sidecar. The join token is read from $%s.\n\nExample:\n  %s=... trellis-proxy --ca-file ca.pem --workload-id bookstore/bookstore-v1-1a2b3c --app 127.0.0.1:14001\n\nFlags:\n", TokenEnv, TokenEnv)
 		fs.PrintDefaults()
@@ -150,6 +152,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *concurrency < 0 {
+		return fmt.Errorf("--concurrency: want 0 or more threads, not %d", *concurrency)
+	}
+	// Process-wide, so set here for the binary and not in New, which tests
+	// call many times in one process.
+	procenv.SetConcurrency(*concurrency)
 	o.Credential = os.Getenv(TokenEnv)
 	kt, err := spiffe.ParseKeyType(*keyType)
 	if err != nil {

@@ -861,3 +861,10 @@ func TestStartBeforeControlPlane(t *testing.T) {
 		t.Errorf("/config once ready = %d %+v %v; want ready as bookstore", code, cfg, err)
 	}
 }
+
+func TestRunRejectsBadConcurrency(t *testing.T) {
+	err := proxy.Run(t.Context(), []string{"--concurrency", "-2"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--concurrency") {
+		t.Errorf("Run(--concurrency -2) = %v; want an error naming the flag", err)
+	}
+}

@@ -3,12 +3,14 @@ package e2e
 import (
 	"encoding/json"
 	"net/http"
+	"os"
 	"regexp"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/freeport"
+	"github.com/trellis-mesh/trellis/internal/proxy/procenv"
 )
 
 func freeLoopbackPort(t *testing.T) int {
@@ -30,7 +32,8 @@ func certExpiry(t *testing.T, admin string) time.Time {
 	var cfg struct {
 		CertExpires time.Time `json:"certificate_expires"`
 		Process     struct {
-			GODEBUG bool `json:"godebug_schedtrace"`
+			GODEBUG    bool `json:"godebug_schedtrace"`
+			GOMAXPROCS int  `json:"gomaxprocs"`
 		} `json:"process"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&cfg); err != nil {
@@ -38,6 +41,11 @@ func certExpiry(t *testing.T, admin string) time.Time {
 	}
 	if !cfg.Process.GODEBUG {
 		t.Errorf("the sidecar at %s runs without the runtime setting trellis run gives it (internal/proxy/procenv)", admin)
+	}
+	// One thread by default (--concurrency); $GOMAXPROCS of the test's own
+	// environment, passed on by trellis run, would win.
+	if os.Getenv("GOMAXPROCS") == "" && cfg.Process.GOMAXPROCS != procenv.DefaultConcurrency {
+		t.Errorf("the sidecar at %s runs with GOMAXPROCS %d, want the default %d", admin, cfg.Process.GOMAXPROCS, procenv.DefaultConcurrency)
 	}
 	return cfg.CertExpires
 }

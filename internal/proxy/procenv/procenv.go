@@ -1,6 +1,8 @@
-// Package procenv holds the Go runtime setting every sidecar runs with, for
-// the launchers that start one (`trellis run`, the Kubernetes injector) and for
-// the sidecar, which reports whether it has it. Standard library only.
+// Package procenv holds the Go runtime settings every sidecar runs with: the
+// GODEBUG entry the launchers that start one (`trellis run`, the Kubernetes
+// injector) put in its environment, which the sidecar reports whether it has,
+// and the number of threads that run its Go code (SetConcurrency), which the
+// sidecar sets itself. Standard library only.
 //
 // The setting is GODEBUG=schedtrace with a period of about 25 days. A sidecar
 // is idle most of the time even under load (at 1,000 requests per second a
@@ -17,6 +19,7 @@ package procenv
 
 import (
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 )
@@ -63,4 +66,24 @@ func Env(env []string) []string {
 // schedtrace of the user's).
 func Active() bool {
 	return GODEBUG(os.Getenv("GODEBUG")) == os.Getenv("GODEBUG")
+}
+
+// DefaultConcurrency is how many threads run a sidecar's Go code at once
+// (GOMAXPROCS) unless told otherwise. One: a sidecar's work between two
+// system calls is short, and a second thread mostly adds hand-offs and
+// wake-ups between the two, which cost more CPU than they save
+// (docs/adr/0013). The runtime's own default is the machine's CPU count, or
+// its container's CPU limit but at least 2, for a proxy that shares a pod
+// with the app it serves.
+const DefaultConcurrency = 1
+
+// SetConcurrency sets how many threads run this process's Go code at once
+// and returns the number in effect. n > 0: that many, unless $GOMAXPROCS is
+// set (the user's word wins, as with GODEBUG); n == 0: the runtime's own
+// choice.
+func SetConcurrency(n int) int {
+	if n > 0 && os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(n)
+	}
+	return runtime.GOMAXPROCS(0)
 }

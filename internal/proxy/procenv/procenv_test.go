@@ -1,6 +1,7 @@
 package procenv
 
 import (
+	"runtime"
 	"slices"
 	"testing"
 )
@@ -24,5 +25,25 @@ func TestGODEBUG(t *testing.T) {
 	want := []string{"PATH=/bin", "HOME=/root", "GODEBUG=madvdontneed=1," + Setting}
 	if !slices.Equal(got, want) {
 		t.Errorf("Env = %q, want %q", got, want)
+	}
+}
+
+func TestSetConcurrency(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(before) })
+
+	t.Setenv("GOMAXPROCS", "")
+	if got := SetConcurrency(1); got != 1 || runtime.GOMAXPROCS(0) != 1 {
+		t.Fatalf("SetConcurrency(1) = %d, GOMAXPROCS %d; want 1", got, runtime.GOMAXPROCS(0))
+	}
+	// 0 leaves the runtime's value as it is.
+	runtime.GOMAXPROCS(2)
+	if got := SetConcurrency(0); got != 2 {
+		t.Errorf("SetConcurrency(0) = %d, want the 2 already in effect", got)
+	}
+	// $GOMAXPROCS, set by the user, wins over the flag.
+	t.Setenv("GOMAXPROCS", "2")
+	if got := SetConcurrency(1); got != 2 {
+		t.Errorf("with GOMAXPROCS=2 set, SetConcurrency(1) = %d, want 2", got)
 	}
 }
