@@ -41,8 +41,9 @@ requests it served in that window: requests per second, success rate, and p50 an
 latency (from the request duration histogram), plus the cumulative totals.
 
 With --kubernetes, the meshed pods (of -n NAMESPACE, or of every namespace) are read through
-the API server's pod proxy, and each row is a workload: a Deployment, StatefulSet, DaemonSet
-or Job sums its pods; a pod of no such owner is a row of its own.`,
+the API server's pod proxy, and each row is a workload, named as kubectl names it
+(deployment/bookstore-v1): a Deployment, StatefulSet, DaemonSet or Job sums its pods; a pod of
+no such owner is a row of its own (pod/NAME).`,
 		Example: "  trellis stat\n  trellis stat -n bookstore --window 5s -o json\n  trellis stat --kubernetes -n bookstore",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -102,22 +103,24 @@ func (o *statOptions) runKube(ctx context.Context, w io.Writer) error {
 	return output(w, o.output, rows, func() error { return stat.Table(w, rows) })
 }
 
-// kubeWorkload names the workload a pod belongs to: its controller's name (a
-// ReplicaSet made by a Deployment stands for the Deployment: its name is the
-// Deployment's and the pod template hash), else the pod's own.
+// kubeWorkload names the workload a pod belongs to as kubectl does, kind/name
+// with the kind in lower case: its controller (a ReplicaSet made by a
+// Deployment stands for the Deployment: its name is the Deployment's and the
+// pod template hash), else the pod itself. The kind keeps a Deployment and a
+// StatefulSet of the same name in one namespace in rows of their own.
 func kubeWorkload(p *corev1.Pod) string {
 	owner := metav1.GetControllerOf(p)
 	if owner == nil {
-		return p.Name
+		return "pod/" + p.Name
 	}
 	if owner.Kind == "ReplicaSet" {
 		if hash := p.Labels[appsv1.DefaultDeploymentUniqueLabelKey]; hash != "" {
 			if d, ok := strings.CutSuffix(owner.Name, "-"+hash); ok {
-				return d
+				return "deployment/" + d
 			}
 		}
 	}
-	return owner.Name
+	return strings.ToLower(owner.Kind) + "/" + owner.Name
 }
 
 func (o *statOptions) run(ctx context.Context, w io.Writer) error {

@@ -387,7 +387,7 @@ spec:
 	}
 	served := 0.0
 	for _, r := range rows {
-		if r.Namespace == store && r.Workload == "bookstore-v1" {
+		if r.Namespace == store && r.Workload == "deployment/bookstore-v1" {
 			served = r.TotalSuccess
 		}
 	}

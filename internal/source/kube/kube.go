@@ -24,6 +24,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -218,7 +219,13 @@ func (s *Source) Run(ctx context.Context) error {
 	s.services.store = add(f.Core().V1().Services().Informer())
 	s.slices.store = add(f.Discovery().V1().EndpointSlices().Informer())
 	s.pods.store = add(f.Core().V1().Pods().Informer())
-	s.accounts = add(f.Core().V1().ServiceAccounts().Informer())
+	if mayListAccounts(ctx, s.o.Client) {
+		s.accounts = add(f.Core().V1().ServiceAccounts().Informer())
+	} else {
+		// A control plane upgraded without its new ClusterRole rule still
+		// serves; only the check for missing ServiceAccounts is off.
+		s.o.Logger.Warn("the control plane may not list ServiceAccounts, so TrafficTargets are not checked for accounts that do not exist; apply its current ClusterRole (trellis install, or the chart) and restart it to check them")
+	}
 
 	df := dynamicinformer.NewDynamicSharedInformerFactory(s.o.Dynamic, 0)
 	var watched []string
@@ -494,10 +501,22 @@ func (s *Source) inputs() (model.Inputs, []model.Problem) {
 	return in, problems
 }
 
+// mayListAccounts says whether the control plane may list ServiceAccounts
+// (the informer would otherwise retry for ever and the source never sync).
+// Only a refusal says no: any other error is left to the informer's retries.
+func mayListAccounts(ctx context.Context, c kubernetes.Interface) bool {
+	_, err := c.CoreV1().ServiceAccounts("").List(ctx, metav1.ListOptions{Limit: 1})
+	return !apierrors.IsForbidden(err)
+}
+
 // missingAccounts warns of the ServiceAccounts TrafficTargets name that do
 // not exist: such a rule is in force but matches no workload, which is what a
-// misspelt name or namespace looks like.
+// misspelt name or namespace looks like. Without the ServiceAccounts informer
+// (mayListAccounts) nothing is checked.
 func (s *Source) missingAccounts(targets []model.TrafficTarget) []model.Problem {
+	if s.accounts == nil {
+		return nil
+	}
 	var out []model.Problem
 	for _, tt := range targets {
 		check := func(field string, id model.Identity) {
