@@ -175,12 +175,17 @@ type Budget struct {
 	Detail string   `json:"detail,omitempty"`
 }
 
+// check judges value against limit. Figures equal in what was measured can
+// differ in their last bits after the divisions that make them (CPU comes in
+// 10 ms ticks, so two hops often use the same CPU seconds exactly), and those
+// bits must not turn a budget met at its limit into one missed: value may
+// pass limit by a relative 1e-9.
 func check(figure, budget string, value, limit float64, unit, detail string) Budget {
 	b := Budget{Figure: figure, Budget: budget, Limit: &limit, Unit: unit, Detail: detail}
 	switch {
 	case math.IsNaN(value):
 		b.Status = NotMeasured
-	case value > limit:
+	case value > limit+math.Abs(limit)*1e-9:
 		b.Status, b.Value = NotMet, &value
 	default:
 		b.Status, b.Value = Met, &value

@@ -179,6 +179,14 @@ func TestBudgets(t *testing.T) {
 			t.Errorf("budgets with nothing measured: %q is %q, want %q", fig, l.Status, NotMeasured)
 		}
 	}
+	// The same CPU seconds in both, divided by slightly different rates'
+	// worth of floating-point error (as in a recorded run: 0.138 against
+	// 0.13799999999999998), meet the budget of 1.00.
+	tied := &Figures{P50Ms: 0.9, P99Ms: 3, Hops: []HopFigures{{Name: "hop1", CoresPer1kRPS: 0.1380000000000001}, {Name: "hop2", CoresPer1kRPS: 0.07}}}
+	tiedNginx := &Figures{P50Ms: 1, P99Ms: 4, Hops: []HopFigures{{Name: "hop1", CoresPer1kRPS: 0.13799999999999998}, {Name: "hop2", CoresPer1kRPS: 0.08}}}
+	if l := summarize(budgets(tied, tiedNginx, 0, facts))["CPU per sidecar per 1,000 rps ÷ one nginx hop"]; l.Status != Met {
+		t.Errorf("CPU tied with nginx's (ratio %v): status %q, want %q", l.Value, l.Status, Met)
+	}
 	// Zero errors meet the budget of zero.
 	if l := summarize(budgets(trellis, nginx, 0, facts))["errors at the fixed rate (trellis-2hop, all rounds)"]; l.Status != Met {
 		t.Errorf("0 errors: status %q, want %q", l.Status, Met)
