@@ -48,6 +48,17 @@ spec:
   source: {kind: ServiceAccount, name: bookbuyer, namespace: bookbuyer}
   destinations: [{kind: Service, name: bookstore, namespace: bookstore}]
   retryPolicy: {retryOn: 5xx, perTryTimeout: 1s, numRetries: 3, retryBackoffBaseInterval: 25ms}`, true, "not enforced by Trellis yet"},
+		{"an HTTPRoute written for v1beta1, which the Gateway API still serves", "bookstore", `apiVersion: gateway.networking.k8s.io/v1beta1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{group: "", kind: Service, name: bookstore, port: 14001}]
+  rules: [{backendRefs: [{name: bookstore-v2, port: 14001}]}]`, true, ""},
+		{"a GRPCRoute of a version the Gateway API does not serve", "bookstore", `apiVersion: gateway.networking.k8s.io/v1beta1
+kind: GRPCRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{group: "", kind: Service, name: bookstore, port: 14001}]`, false, "use apiVersion gateway.networking.k8s.io/v1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -72,6 +72,7 @@ func acceptedKinds() []kindInfo {
 		{osm.ConfigAPIVersionV1alpha1, osm.KindMeshConfig},
 		{GatewayAPIVersion, KindHTTPRoute},
 		{GatewayAPIVersion, KindGRPCRoute},
+		{GatewayAPIVersionV1beta1, KindHTTPRoute},
 	}
 }
 

@@ -24,7 +24,7 @@ func TestDecodeErrors(t *testing.T) {
 	accepts := "Trellis accepts TrafficTarget (access.smi-spec.io/v1alpha3); HTTPRouteGroup, TCPRoute (specs.smi-spec.io/v1alpha4); " +
 		"TrafficSplit (split.smi-spec.io/v1alpha2); IngressBackend, Egress, Retry, UpstreamTrafficSetting (policy.openservicemesh.io/v1alpha1); " +
 		"MeshConfig (config.openservicemesh.io/v1alpha2); MeshConfig (config.openservicemesh.io/v1alpha1); " +
-		"HTTPRoute, GRPCRoute (gateway.networking.k8s.io/v1)"
+		"HTTPRoute, GRPCRoute (gateway.networking.k8s.io/v1); HTTPRoute (gateway.networking.k8s.io/v1beta1)"
 	tests := []struct {
 		name   string
 		file   string // under testdata, or "" to use data

@@ -16,8 +16,12 @@ import (
 // parentRefs are Services.
 const (
 	GatewayAPIVersion = "gateway.networking.k8s.io/v1"
-	KindHTTPRoute     = "HTTPRoute"
-	KindGRPCRoute     = "GRPCRoute"
+	// GatewayAPIVersionV1beta1 is also accepted for HTTPRoute: the Gateway
+	// API still serves it, with the same schema as v1 (its Go types are
+	// aliases of v1's), and routes written for it are common.
+	GatewayAPIVersionV1beta1 = "gateway.networking.k8s.io/v1beta1"
+	KindHTTPRoute            = "HTTPRoute"
+	KindGRPCRoute            = "GRPCRoute"
 )
 
 // durationPattern is the Gateway API's duration format (GEP-2257): one to four

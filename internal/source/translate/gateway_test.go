@@ -48,6 +48,24 @@ func TestTranslateHTTPRoute(t *testing.T) {
 	if diff := cmp.Diff(want, objs.Routes); diff != "" {
 		t.Errorf("routes (-want +got):\n%s", diff)
 	}
+
+	// The same route written for v1beta1, which the Gateway API still
+	// serves with v1's schema, is the same route.
+	beta := strings.ReplaceAll(string(b), "apiVersion: "+GatewayAPIVersion+"\n", "apiVersion: "+GatewayAPIVersionV1beta1+"\n")
+	if beta == string(b) {
+		t.Fatalf("%s has no %s apiVersion line to rewrite", example, GatewayAPIVersion)
+	}
+	rs, err = Decode([]byte(beta), example)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, errs, warns = Translate(rs)
+	if len(errs) > 0 || len(warns) > 0 {
+		t.Fatalf("v1beta1: errs %v, warns %v", errs, warns)
+	}
+	if diff := cmp.Diff(want, objs.Routes); diff != "" {
+		t.Errorf("v1beta1 routes (-want +got):\n%s", diff)
+	}
 }
 
 func TestTranslateGRPCRoute(t *testing.T) {

@@ -69,7 +69,7 @@ func installedSchema(t *testing.T, apiVersion, kind string) map[string]any {
 // API's own) is in schemaKinds.
 func TestSchemaKindsCoverAccepted(t *testing.T) {
 	for _, k := range acceptedKinds() {
-		if k.apiVersion == GatewayAPIVersion {
+		if k.apiVersion == GatewayAPIVersion || k.apiVersion == GatewayAPIVersionV1beta1 {
 			continue
 		}
 		if !slices.ContainsFunc(schemaKinds(), func(s schemaKind) bool { return s.apiVersion == k.apiVersion && s.kind == k.kind }) {
@@ -415,11 +415,17 @@ func TestGatewaySchemaFieldsMatchTranslator(t *testing.T) {
 			"spec.useDefaultGateways",
 		},
 	}
+	// HTTPRoute v1beta1 is read with the v1 type too (its Go types are
+	// aliases of v1's), so its schema must agree with that type as well.
 	for _, k := range []struct {
-		kind string
-		typ  reflect.Type
-	}{{KindHTTPRoute, reflect.TypeFor[gatewayv1.HTTPRoute]()}, {KindGRPCRoute, reflect.TypeFor[gatewayv1.GRPCRoute]()}} {
-		s := installedSchema(t, GatewayAPIVersion, k.kind)
+		apiVersion, kind string
+		typ              reflect.Type
+	}{
+		{GatewayAPIVersion, KindHTTPRoute, reflect.TypeFor[gatewayv1.HTTPRoute]()},
+		{GatewayAPIVersionV1beta1, KindHTTPRoute, reflect.TypeFor[gatewayv1.HTTPRoute]()},
+		{GatewayAPIVersion, KindGRPCRoute, reflect.TypeFor[gatewayv1.GRPCRoute]()},
+	} {
+		s := installedSchema(t, k.apiVersion, k.kind)
 		props, _ := s["properties"].(map[string]any)
 		spec, _ := props["spec"].(map[string]any)
 		var got []string
@@ -430,7 +436,7 @@ func TestGatewaySchemaFieldsMatchTranslator(t *testing.T) {
 		}
 		sort.Strings(got)
 		if diff := cmp.Diff(want, got); diff != "" {
-			t.Errorf("%s: the standard channel's schema against the Go types (-want +got):\n%s", k.kind, diff)
+			t.Errorf("%s %s: the standard channel's schema against the Go types (-want +got):\n%s", k.kind, k.apiVersion, diff)
 		}
 	}
 }
