@@ -44,7 +44,8 @@ func newInstallCmd(g *globals) *cobra.Command {
 		Short: "Install Trellis on a Kubernetes cluster",
 		Long: `Applies, from manifests in this binary: the CRDs of every kind Trellis accepts (SMI, OSM
 policy and config with their schemas, and the Gateway API's own HTTPRoute and GRPCRoute CRDs,
-standard channel), the trellis-system namespace, the control plane's service account and RBAC,
+standard channel, unless the cluster has its own, which are kept as they are), the
+trellis-system namespace, the control plane's service account and RBAC,
 its Service and Deployment, and the injection webhook. Applying again changes nothing. With --wait it shows progress until the control plane is ready (its caches
 synced) and the webhook carries its CA.
 
@@ -71,7 +72,8 @@ func newUninstallCmd(g *globals) *cobra.Command {
 RBAC and its namespace. Pods already injected keep their sidecars until they are restarted;
 restart them (kubectl rollout restart) to run without the mesh. The CRDs, and so the users'
 TrafficTargets, TrafficSplits and routes, are kept unless --delete-crds is given; it deletes
-the HTTPRoute and GRPCRoute CRDs too, and with them every route, a gateway's included.`,
+the HTTPRoute and GRPCRoute CRDs too if Trellis installed them, and with them every route, a
+gateway's included. The cluster's own Gateway API CRDs, which install kept, stay.`,
 		Example: `  trellis uninstall
   trellis uninstall --delete-crds`,
 		Args: cobra.NoArgs,
@@ -175,6 +177,67 @@ func (c *cluster) apply(ctx context.Context, u *unstructured.Unstructured) error
 	return nil
 }
 
+// clusterCRD says whether the CRD that u installs is already in the cluster
+// as the cluster's own, not Trellis's: the Gateway API's CRDs often are (a
+// gateway's installation brings them, in its own version and channel), and
+// replacing them would downgrade an experimental channel to the standard one
+// or change the version a gateway relies on. why describes the CRD kept; note
+// says what Trellis cannot read from it, if anything. Trellis's own CRDs
+// (labelled PartOfLabel: trellis) and the SMI and OSM ones, which Trellis
+// owns, are never the cluster's.
+func (c *cluster) clusterCRD(ctx context.Context, u *unstructured.Unstructured) (own bool, why, note string, err error) {
+	if !upstreamCRD(u.GetName()) {
+		return false, "", "", nil
+	}
+	got, err := c.dynamic.Resource(crdGVR).Get(ctx, u.GetName(), metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return false, "", "", nil
+	case err != nil:
+		return false, "", "", fmt.Errorf("read CRD %s: %w", u.GetName(), err)
+	case got.GetLabels()[manifests.PartOfLabel] == "trellis":
+		return false, "", "", nil
+	}
+	ann := got.GetAnnotations()
+	version, channel := ann["gateway.networking.k8s.io/bundle-version"], ann["gateway.networking.k8s.io/channel"]
+	why = "not installed by Trellis"
+	if version != "" || channel != "" {
+		why = fmt.Sprintf("Gateway API %s, %s channel", orUnknown(version), orUnknown(channel))
+	}
+	versions, _, _ := unstructured.NestedSlice(got.Object, "spec", "versions")
+	servesV1 := false
+	for _, v := range versions {
+		m, _ := v.(map[string]any)
+		if m["name"] == "v1" && m["served"] == true {
+			servesV1 = true
+		}
+	}
+	if !servesV1 {
+		note = "it does not serve v1, which Trellis reads, so the mesh does not see these routes until the Gateway API's CRDs are upgraded (v1.1 or later serves v1 of both route kinds)"
+	}
+	return true, why, note, nil
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+// upstreamCRD says whether name is a CRD Trellis installs as its project
+// publishes it (the Gateway API's).
+func upstreamCRD(name string) bool {
+	for _, c := range manifests.CRDs() {
+		if c.Upstream != "" && c.Name() == name {
+			return true
+		}
+	}
+	return false
+}
+
 func (o *installOptions) install(ctx context.Context, progress io.Writer) error {
 	c, v, err := o.connect()
 	if err != nil {
@@ -196,13 +259,25 @@ func (o *installOptions) install(ctx context.Context, progress io.Writer) error 
 	if err != nil {
 		return err
 	}
+	applied := 0
 	for _, u := range crds {
+		own, why, note, err := c.clusterCRD(ctx, u)
+		if err != nil {
+			return err
+		}
+		if own {
+			step("kept the cluster's own CRD %s (%s)", u.GetName(), why)
+			if note != "" {
+				fmt.Fprintf(progress, "  warning: %s: %s\n", u.GetName(), note)
+			}
+			continue
+		}
 		if err := c.apply(ctx, u); err != nil {
 			return err
 		}
+		applied++
 	}
-	step("applied %d CRDs", len(crds))
-	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	step("applied %d CRDs", applied)
 	if err := waitFor(ctx, o.timeout, func() (bool, string, error) {
 		for _, u := range crds {
 			got, err := c.dynamic.Resource(crdGVR).Get(ctx, u.GetName(), metav1.GetOptions{})
@@ -378,7 +453,18 @@ func (o *installOptions) uninstall(ctx context.Context, progress io.Writer) erro
 		if err != nil {
 			return err
 		}
-		objs = append(objs, crds...)
+		for _, u := range crds {
+			own, why, _, err := c.clusterCRD(ctx, u)
+			if err != nil {
+				return err
+			}
+			if own {
+				// Not Trellis's to delete, nor the routes in it.
+				fmt.Fprintf(progress, "kept the cluster's own CRD %s (%s)\n", u.GetName(), why)
+				continue
+			}
+			objs = append(objs, u)
+		}
 	}
 	// The webhook first, so that no pod is injected by a control plane on
 	// its way out; the namespace last.
