@@ -512,10 +512,12 @@ func mayListAccounts(ctx context.Context, c kubernetes.Interface) bool {
 // missingAccounts warns of the ServiceAccounts TrafficTargets name that do
 // not exist: such a rule is in force but matches no workload, which is what a
 // misspelt name or namespace looks like. Without the ServiceAccounts informer
-// (mayListAccounts) nothing is checked.
+// (mayListAccounts) nothing is checked, and the one warning says why, for
+// trellis check.
 func (s *Source) missingAccounts(targets []model.TrafficTarget) []model.Problem {
 	if s.accounts == nil {
-		return nil
+		return []model.Problem{{Object: "ClusterRole trellis-control-plane", Field: "rules", Warning: true,
+			Message: "the control plane may not list serviceaccounts, so TrafficTargets are not checked for accounts that do not exist; apply its current ClusterRole (trellis install, or the chart) and restart the control plane"}}
 	}
 	var out []model.Problem
 	for _, tt := range targets {
