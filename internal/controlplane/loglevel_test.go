@@ -1,42 +1,22 @@
 package controlplane
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/source/local"
+	"github.com/trellis-mesh/trellis/internal/syncbuf"
 )
-
-// lockedBuffer is a log sink the control plane's goroutines write to while the
-// test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestMeshConfigSetsControlPlaneLogLevel: a MeshConfig applied to a running
 // control plane sets its own log level (debug lines appear, then none below
 // error), and deleting it brings back the level it was started with.
 func TestMeshConfigSetsControlPlaneLogLevel(t *testing.T) {
 	state := t.TempDir()
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	level := new(slog.LevelVar) // info, as --log-level's default
 	ctx, cancel := context.WithCancel(context.Background())
 	ready, done := make(chan struct{}), make(chan error, 1)

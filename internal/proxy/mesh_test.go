@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/trellis-mesh/trellis/internal/freeport"
 	"io"
 	"log/slog"
 	"net"
@@ -23,6 +22,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/freeport"
+	"github.com/trellis-mesh/trellis/internal/syncbuf"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -57,30 +59,12 @@ spec:
 `
 )
 
-// syncBuffer collects log output written from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // mesh is a control plane with its state directory and the sidecars started
 // against it.
 type mesh struct {
 	t    *testing.T
 	dir  string
-	logs *syncBuffer // control plane and sidecar logs, shown if the test fails
+	logs *syncbuf.Buffer // control plane and sidecar logs, shown if the test fails
 
 	mu     sync.Mutex
 	grpc   string
@@ -101,7 +85,7 @@ func newMeshAt(t *testing.T, grpcAddr, meshConfig string, docs ...string) *mesh 
 	if !strings.Contains(meshConfig, "enableEgress: false") {
 		t.Fatal("test mesh configs must disable egress, so that no name is ever resolved")
 	}
-	m := &mesh{t: t, dir: t.TempDir(), logs: &syncBuffer{}}
+	m := &mesh{t: t, dir: t.TempDir(), logs: &syncbuf.Buffer{}}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("logs:\n%s", m.logs.String())
@@ -225,7 +209,7 @@ type sidecarSpec struct {
 type sidecar struct {
 	p      *proxy.Proxy
 	id     string
-	access *syncBuffer
+	access *syncbuf.Buffer
 	cancel context.CancelFunc
 	done   chan error
 	client *http.Client // an app's client that uses the sidecar as its HTTP proxy
@@ -295,7 +279,7 @@ func (m *mesh) startSidecar(reg controlplane.RegisterResponse, spec sidecarSpec)
 		firstConfig = 0 // proxy.New's default
 	}
 	s := &sidecar{
-		id: reg.ID, access: &syncBuffer{}, done: make(chan error, 1),
+		id: reg.ID, access: &syncbuf.Buffer{}, done: make(chan error, 1),
 		direct: &http.Client{Transport: &http.Transport{}, Timeout: 15 * time.Second},
 	}
 	p, err := proxy.New(proxy.Options{

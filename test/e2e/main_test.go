@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/syncbuf"
 )
 
 // bin holds the binaries built once for all tests.
@@ -55,7 +57,7 @@ func trellis(t *testing.T, stateDir string, args ...string) (string, string, err
 type proc struct {
 	cmd  *exec.Cmd
 	out  *bytes.Buffer
-	errb *lockedBuffer
+	errb *syncbuf.Buffer
 	done chan struct{}
 }
 
@@ -64,7 +66,7 @@ type proc struct {
 func start(t *testing.T, stateDir string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(bin, "trellis"), append([]string{"--state-dir", stateDir}, args...)...)
-	p := &proc{cmd: cmd, out: &bytes.Buffer{}, errb: &lockedBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: cmd, out: &bytes.Buffer{}, errb: &syncbuf.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.errb
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

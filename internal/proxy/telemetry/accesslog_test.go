@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/trellis-mesh/trellis/internal/syncbuf"
 )
 
 func decodeLine(t *testing.T, line []byte) map[string]any {
@@ -167,27 +169,6 @@ func FuzzAccessLogString(f *testing.F) {
 	})
 }
 
-// lockedBuffer is a writer that, unlike bytes.Buffer, tolerates concurrent
-// writes, and records how each write was cut.
-type lockedBuffer struct {
-	mu     sync.Mutex
-	buf    bytes.Buffer
-	writes int
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.writes++
-	return l.buf.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // unsafeBuffer is not safe for concurrent use; the race detector flags the
 // access log if it ever writes from two goroutines at once.
 type unsafeBuffer struct{ bytes.Buffer }
@@ -229,13 +210,13 @@ func TestAccessLogConcurrent(t *testing.T) {
 }
 
 func TestAccessLogOneWritePerLine(t *testing.T) {
-	w := &lockedBuffer{}
+	w := &syncbuf.Buffer{}
 	a := NewAccessLog(w)
 	for range 10 {
 		a.Log(&Entry{Path: strings.Repeat("p", 5000)})
 	}
-	if w.writes != 10 {
-		t.Errorf("got %d writes for 10 lines, want 10", w.writes)
+	if w.Writes() != 10 {
+		t.Errorf("got %d writes for 10 lines, want 10", w.Writes())
 	}
 }
 
@@ -278,7 +259,7 @@ func BenchmarkAccessLog(b *testing.B) {
 }
 
 func TestAccessLogEveryGathersLines(t *testing.T) {
-	w := &lockedBuffer{}
+	w := &syncbuf.Buffer{}
 	a := NewAccessLogEvery(w, time.Hour)
 	for i := range 10 {
 		a.Log(&Entry{Status: 200 + i})
@@ -288,8 +269,8 @@ func TestAccessLogEveryGathersLines(t *testing.T) {
 	}
 	a.Flush()
 	lines := strings.Split(strings.TrimSuffix(w.String(), "\n"), "\n")
-	if len(lines) != 10 || w.writes != 1 {
-		t.Fatalf("after Flush: %d lines in %d writes, want 10 in 1", len(lines), w.writes)
+	if len(lines) != 10 || w.Writes() != 1 {
+		t.Fatalf("after Flush: %d lines in %d writes, want 10 in 1", len(lines), w.Writes())
 	}
 	for i, l := range lines {
 		if want := fmt.Sprintf(`"status":%d,`, 200+i); !strings.Contains(l, want) {
@@ -297,13 +278,13 @@ func TestAccessLogEveryGathersLines(t *testing.T) {
 		}
 	}
 	a.Flush()
-	if w.writes != 1 {
-		t.Errorf("a Flush with nothing waiting wrote: %d writes, want 1", w.writes)
+	if w.Writes() != 1 {
+		t.Errorf("a Flush with nothing waiting wrote: %d writes, want 1", w.Writes())
 	}
 }
 
 func TestAccessLogEveryWritesWithinTheInterval(t *testing.T) {
-	w := &lockedBuffer{}
+	w := &syncbuf.Buffer{}
 	a := NewAccessLogEvery(w, 20*time.Millisecond)
 	a.Log(&Entry{Path: "/first"})
 	deadline := time.Now().Add(5 * time.Second)
@@ -316,12 +297,12 @@ func TestAccessLogEveryWritesWithinTheInterval(t *testing.T) {
 }
 
 func TestAccessLogEveryWritesWhenFull(t *testing.T) {
-	w := &lockedBuffer{}
+	w := &syncbuf.Buffer{}
 	a := NewAccessLogEvery(w, time.Hour)
 	for range 20 {
 		a.Log(&Entry{Path: strings.Repeat("p", 5000)})
 	}
-	if w.writes == 0 {
+	if w.Writes() == 0 {
 		t.Error("100 KB of lines waiting and nothing written: the gathered lines are not bounded")
 	}
 }

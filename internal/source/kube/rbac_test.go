@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,26 +20,9 @@ import (
 	"github.com/trellis-mesh/trellis/internal/manifests"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/source/kube"
+	"github.com/trellis-mesh/trellis/internal/syncbuf"
 	"github.com/trellis-mesh/trellis/test/kubetest"
 )
-
-// lockedBuffer is a log destination the source's goroutines share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // installedClusterRole is the control plane's ClusterRole as trellis install
 // applies it.
@@ -137,7 +119,7 @@ spec:
   sources: [{kind: ServiceAccount, name: bookbuyre, namespace: %[1]s}]
 `, ns))
 
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	src := kube.New(kube.Options{Client: client, Dynamic: dyn, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
