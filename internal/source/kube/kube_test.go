@@ -76,15 +76,7 @@ spec:
 	if src.Snapshot() != nil {
 		t.Fatal("a snapshot before Run")
 	}
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx) }()
-	select {
-	case <-src.Synced():
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("not synced after 30s")
-	}
+	done := runSynced(t, ctx, src, nil)
 	key := func(n string) model.Key { return model.Key{Namespace: ns, Name: n} }
 
 	// Namespaces and objects made by this test may reach the informers after

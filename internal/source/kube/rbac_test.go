@@ -123,15 +123,7 @@ spec:
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	src := kube.New(kube.Options{Client: client, Dynamic: dyn, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	done := make(chan error, 1)
-	go func() { done <- src.Run(runCtx) }()
-	select {
-	case <-src.Synced():
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("not synced after 30s without the serviceaccounts rule; log:\n%s", logs.String())
-	}
+	runSynced(t, runCtx, src, &logs)
 	kubetest.Eventually(t, 10*time.Second, "the TrafficTarget and the pod in the snapshot", func() error {
 		snap := src.Snapshot()
 		if _, ok := snap.Workload(ns + "/bookstore-v1"); !ok {

@@ -1,0 +1,29 @@
+package kube_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/source/kube"
+)
+
+// runSynced runs src until ctx ends and returns once it has synced, with the
+// channel Run's result arrives on; it fails the test if Run ends first or sync
+// takes over 30 s, showing logs, when not nil.
+func runSynced(t *testing.T, ctx context.Context, src *kube.Source, logs interface{ String() string }) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx) }()
+	select {
+	case <-src.Synced():
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(30 * time.Second):
+		if logs != nil {
+			t.Fatalf("not synced after 30s; log:\n%s", logs.String())
+		}
+		t.Fatal("not synced after 30s")
+	}
+	return done
+}
