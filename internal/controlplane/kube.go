@@ -113,7 +113,10 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 	if o.Inject.ProxyImage != "" && o.Inject.ControlPlane == "" {
 		return fmt.Errorf("injection needs the address sidecars reach the control plane at: there is no Service %s/%s; pass --inject-control-plane", o.Namespace, ServiceName)
 	}
-	src := kube.New(kube.Options{Client: o.Client, Dynamic: o.Dynamic, Logger: log.With("component", "kube-source"), WriteStatus: true})
+	// Every replica serves; the one that holds the Lease in the control
+	// plane's namespace writes status conditions.
+	src := kube.New(kube.Options{Client: o.Client, Dynamic: o.Dynamic, Logger: log.With("component", "kube-source"), WriteStatus: true,
+		LeaderElection: &kube.LeaderElection{Namespace: o.Namespace}})
 	conns := &connections{}
 	srv := serve.New(serve.Config{Authenticator: &kube.TokenReviewer{Client: o.Client}, Signer: ca, Observer: conns, LeafTTL: o.LeafTTL, Logger: log})
 
@@ -193,13 +196,23 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 	}()
 
 	srcCtx, stopSrc := context.WithCancel(ctx)
-	defer stopSrc()
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- src.Run(srcCtx) }()
+	srcEnded := false
+	// On the way out, wait for the source: it returns once it has handed the
+	// status writer's Lease over, which a process that exits first leaves for
+	// the other replicas to wait out.
+	defer func() {
+		stopSrc()
+		if !srcEnded {
+			<-srcDone
+		}
+	}()
 	select {
 	case <-ctx.Done():
 		return nil
 	case err := <-srcDone:
+		srcEnded = true
 		return err
 	case <-src.Synced():
 	}
@@ -223,6 +236,7 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 		case <-ctx.Done():
 			return nil
 		case err := <-srcDone:
+			srcEnded = true
 			return err
 		case <-src.Changes():
 			snap := src.Snapshot()

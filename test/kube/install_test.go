@@ -22,6 +22,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/cli"
 	"github.com/trellis-mesh/trellis/internal/controlplane"
 	"github.com/trellis-mesh/trellis/internal/inject"
+	srckube "github.com/trellis-mesh/trellis/internal/source/kube"
 	"github.com/trellis-mesh/trellis/test/kubetest"
 )
 
@@ -107,6 +108,29 @@ func TestInstallUninstall(t *testing.T) {
 		}
 	}
 	kubetest.Eventually(t, 60*time.Second, "bookbuyer served through the installed mesh", servedNow("bookbuyer"))
+
+	// The installed Role lets the control plane hold the status writer's
+	// Lease, under its pod's name (POD_NAME, from the downward API).
+	kubetest.Eventually(t, 30*time.Second, "the control plane holds the status writer's Lease", func() error {
+		l, err := c.Client.CoordinationV1().Leases("trellis-system").Get(context.Background(), srckube.DefaultLeaseName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		pods, err := c.Client.CoreV1().Pods("trellis-system").List(context.Background(), metav1.ListOptions{LabelSelector: "app=trellis-control-plane"})
+		if err != nil {
+			return err
+		}
+		holder := ""
+		if l.Spec.HolderIdentity != nil {
+			holder = *l.Spec.HolderIdentity
+		}
+		for _, p := range pods.Items {
+			if strings.HasPrefix(holder, p.Name+"_") {
+				return nil
+			}
+		}
+		return fmt.Errorf("Lease holder %q is none of the control plane's pods (%d)", holder, len(pods.Items))
+	})
 
 	// Metrics on: the meshed pods carry the scrape annotations, and pods
 	// injected from now on get them too (the Job's, below).

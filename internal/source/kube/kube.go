@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/leaderelection"
 
 	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/manifests"
@@ -82,6 +83,10 @@ type Options struct {
 	// WriteStatus makes the source write status conditions on the custom
 	// resources it reads (see status.go); the control plane sets it.
 	WriteStatus bool
+	// LeaderElection, with WriteStatus, has the status written only while this
+	// source holds a Lease, so that of several control-plane replicas one
+	// writes at a time (see leader.go); nil: it writes without election.
+	LeaderElection *LeaderElection
 }
 
 // Source watches a cluster and keeps the latest snapshot.
@@ -203,6 +208,22 @@ func (s *Source) Run(ctx context.Context) error {
 	if s.o.Client == nil || s.o.Dynamic == nil {
 		return errors.New("kube source: a client and a dynamic client are required")
 	}
+	var elector *leaderelection.LeaderElector
+	if s.o.WriteStatus && s.o.LeaderElection != nil {
+		le, err := s.o.LeaderElection.withDefaults()
+		if err != nil {
+			return err
+		}
+		if elector, err = s.newElector(ctx, le); err != nil {
+			return fmt.Errorf("kube source: leader election: %w", err)
+		}
+		if err := mayUseLease(ctx, s, le); err != nil {
+			// As before there was an election: status is written, by every
+			// replica, rather than by none.
+			s.o.Logger.Warn("status conditions are written without leader election, by every replica: the control plane may not read its Lease; apply its current Role (trellis install, or the chart) and restart it to elect one writer", "err", err)
+			elector = nil
+		}
+	}
 	notify := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { s.markDirty() },
 		UpdateFunc: func(any, any) { s.markDirty() },
@@ -257,7 +278,18 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 	if s.o.WriteStatus {
 		s.status = newStatusWriter(s)
-		go s.status.run(ctx)
+		if elector != nil {
+			// Run returns once the Lease is handed over, so that a process
+			// that exits after it leaves no Lease to wait out.
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				s.elect(ctx, elector)
+			}()
+			defer func() { <-done }()
+		} else {
+			go s.status.run(ctx)
+		}
 	}
 	s.rebuild()
 	close(s.synced)

@@ -63,6 +63,10 @@ type statusWriter struct {
 	mu     sync.Mutex
 	latest []statusTarget
 
+	// running is held while run runs: at most one run at a time, and one
+	// can wait for a stopped run's last write (leader.go).
+	running sync.Mutex
+
 	forbidden atomic.Bool
 }
 
@@ -81,7 +85,19 @@ func (w *statusWriter) offer(ts []statusTarget) {
 	}
 }
 
+// run writes the latest targets at each offer until ctx ends. It starts with a
+// pass over the latest targets, offered or not: a replica that wins the Lease
+// back may have stopped in the middle of a pass, or have had writes fail, and
+// each object is compared with the status it has now (the informer's copy, in
+// which the other replica's writes have arrived), so that only what differs is
+// written.
 func (w *statusWriter) run(ctx context.Context) {
+	w.running.Lock()
+	defer w.running.Unlock()
+	select {
+	case w.signal <- struct{}{}:
+	default:
+	}
 	for {
 		select {
 		case <-ctx.Done():
