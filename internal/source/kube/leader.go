@@ -15,6 +15,8 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
+
+	"github.com/trellis-mesh/trellis/internal/manifests"
 )
 
 // LeaderElection makes the control plane's replicas elect the one that writes
@@ -93,7 +95,7 @@ func (s *Source) newElector(ctx context.Context, le LeaderElection) (*leaderelec
 		LeaseMeta:  metav1.ObjectMeta{Namespace: le.Namespace, Name: le.Name},
 		Client:     s.o.Client.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: le.Identity},
-		Labels:     map[string]string{"app.kubernetes.io/part-of": "trellis"},
+		Labels:     map[string]string{manifests.PartOfLabel: "trellis"},
 	}
 	return leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock:          lock,
