@@ -171,7 +171,13 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 			return err
 		}
 		wmux := http.NewServeMux()
-		wmux.Handle("POST /mutate", &inject.Webhook{Config: o.Inject, Namespaces: src.Namespace, Logger: log.With("component", "injector")})
+		wmux.Handle("POST /mutate", &inject.Webhook{Config: o.Inject, Namespaces: src.Namespace, Logger: log.With("component", "injector"),
+			SidecarResources: func() string {
+				if snap := src.Snapshot(); snap != nil {
+					return snap.Mesh().SidecarResources
+				}
+				return ""
+			}})
 		wmux.Handle("POST /validate", validator{})
 		webhook = &http.Server{Handler: wmux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{
 			MinVersion:     tls.VersionTLS12, // the API server's client

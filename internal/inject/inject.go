@@ -95,6 +95,23 @@ type Config struct {
 	// KeyType of the key each sidecar makes for its certificate (ecdsa-p256,
 	// ecdsa-p384, rsa-2048, rsa-3072); empty: the sidecar's default, P-256.
 	KeyType string
+	// Resources of the sidecar container (the MeshConfig's
+	// spec.sidecar.resources, as OSM gives its Envoy); none by default. A CPU
+	// limit also sets the sidecar's --concurrency, unless the pod's
+	// ConcurrencyAnnotation does (concurrencyFor).
+	Resources corev1.ResourceRequirements
+}
+
+// concurrencyFor is the number of threads a sidecar with this CPU limit runs
+// its Go code on: the limit rounded up (a 2500m limit gives 3), as the Go
+// runtime and Envoy-based meshes round it; 0 without a limit, which leaves
+// the sidecar's own default.
+func concurrencyFor(r corev1.ResourceRequirements) int {
+	cpu, ok := r.Limits[corev1.ResourceCPU]
+	if !ok || cpu.IsZero() {
+		return 0
+	}
+	return int(min(max((cpu.MilliValue()+999)/1000, 1), maxConcurrency))
 }
 
 // Decision says whether a pod is injected and why.
@@ -173,6 +190,8 @@ func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 			return nil, fmt.Errorf("annotation %s: %q is not a number of threads; want 0 to %d, such as \"2\"", ConcurrencyAnnotation, v, maxConcurrency)
 		}
 		args = append(args, "--concurrency", strconv.Itoa(n))
+	} else if n := concurrencyFor(cfg.Resources); n > 0 {
+		args = append(args, "--concurrency", strconv.Itoa(n))
 	}
 	captured := captureWanted(pod, cfg)
 	var capInit corev1.Container
@@ -207,6 +226,7 @@ func Mutate(pod *corev1.Pod, cfg Config) (*corev1.Pod, error) {
 			// Keeps the runtime's monitor thread awake (package procenv).
 			{Name: "GODEBUG", Value: procenv.Setting},
 		},
+		Resources: *cfg.Resources.DeepCopy(),
 		Ports: []corev1.ContainerPort{
 			{Name: "trellis-inbound", ContainerPort: InboundPort},
 			{Name: "trellis-admin", ContainerPort: AdminPort},

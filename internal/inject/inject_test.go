@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -181,7 +182,17 @@ func TestWebhookPatchApplies(t *testing.T) {
 		return nsWith(map[string]string{InjectKey: "enabled"}, nil), nil
 	}}
 	pod := bookstorePod()
-	resp := review(t, wh, pod)
+	got := patched(t, pod, review(t, wh, pod))
+	want, _ := Mutate(pod, cfg)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("patched pod differs from Mutate's (-want +got):\n%s", diff)
+	}
+}
+
+// patched applies the webhook's JSON patch to pod as the API server would
+// (add/replace of whole members).
+func patched(t *testing.T, pod *corev1.Pod, resp *admissionv1.AdmissionResponse) *corev1.Pod {
+	t.Helper()
 	if resp.PatchType == nil || *resp.PatchType != admissionv1.PatchTypeJSONPatch {
 		t.Fatalf("no JSON patch: %+v", resp)
 	}
@@ -192,7 +203,6 @@ func TestWebhookPatchApplies(t *testing.T) {
 	if err := json.Unmarshal(resp.Patch, &ops); err != nil {
 		t.Fatal(err)
 	}
-	// Apply the patch as the API server would (add/replace of whole members).
 	doc := map[string]any{}
 	raw, _ := json.Marshal(pod)
 	json.Unmarshal(raw, &doc)
@@ -211,14 +221,55 @@ func TestWebhookPatchApplies(t *testing.T) {
 		json.Unmarshal(op.Value, &v)
 		m[parts[len(parts)-1]] = v
 	}
-	patched, _ := json.Marshal(doc)
+	b, _ := json.Marshal(doc)
 	var got corev1.Pod
-	if err := json.Unmarshal(patched, &got); err != nil {
+	if err := json.Unmarshal(b, &got); err != nil {
 		t.Fatal(err)
 	}
-	want, _ := Mutate(pod, cfg)
-	if diff := cmp.Diff(want, &got); diff != "" {
-		t.Errorf("patched pod differs from Mutate's (-want +got):\n%s", diff)
+	return &got
+}
+
+// TestWebhookSidecarResources: the mesh's sidecar resources (the
+// MeshConfig's spec.sidecar.resources, read at each review) reach every pod
+// injected after they are set, and their CPU limit, rounded up, is the
+// sidecar's --concurrency; a pod's own trellis.io/proxy-concurrency wins.
+func TestWebhookSidecarResources(t *testing.T) {
+	resources := ""
+	wh := &Webhook{Config: cfg, SidecarResources: func() string { return resources }, Namespaces: func(string) (*corev1.Namespace, error) {
+		return nsWith(map[string]string{InjectKey: "enabled"}, nil), nil
+	}}
+	sidecar := func(p *corev1.Pod) corev1.Container {
+		for _, c := range p.Spec.InitContainers {
+			if c.Name == ProxyContainer {
+				return c
+			}
+		}
+		t.Fatalf("no %s container in %v", ProxyContainer, names(p.Spec.InitContainers))
+		return corev1.Container{}
+	}
+	pod := bookstorePod()
+	if c := sidecar(patched(t, pod, review(t, wh, pod))); len(c.Resources.Limits)+len(c.Resources.Requests) > 0 || argValue(c.Args, "--concurrency") != "" {
+		t.Errorf("no resources in the mesh, yet resources %+v and --concurrency %q", c.Resources, argValue(c.Args, "--concurrency"))
+	}
+
+	resources = `{"limits":{"cpu":"2500m","memory":"128Mi"},"requests":{"cpu":"100m"}}`
+	c := sidecar(patched(t, pod, review(t, wh, pod)))
+	if got := c.Resources.Limits[corev1.ResourceCPU]; got.String() != "2500m" || c.Resources.Requests.Cpu().String() != "100m" || c.Resources.Limits.Memory().String() != "128Mi" {
+		t.Errorf("sidecar resources %+v, want the mesh's", c.Resources)
+	}
+	if got := argValue(c.Args, "--concurrency"); got != "3" {
+		t.Errorf("with a 2500m CPU limit, --concurrency %q, want 3", got)
+	}
+	own := bookstorePod()
+	own.Annotations = map[string]string{ConcurrencyAnnotation: "1"}
+	if got := argValue(sidecar(patched(t, own, review(t, wh, own))).Args, "--concurrency"); got != "1" {
+		t.Errorf("with the pod's own annotation 1, --concurrency %q, want 1", got)
+	}
+	for limit, want := range map[string]int{"100m": 1, "1": 1, "1001m": 2, "64": 64, "1000": maxConcurrency} {
+		r := corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse(limit)}}
+		if got := concurrencyFor(r); got != want {
+			t.Errorf("concurrencyFor(cpu limit %s) = %d, want %d", limit, got, want)
+		}
 	}
 }
 

@@ -18,7 +18,11 @@ type NamespaceGetter func(name string) (*corev1.Namespace, error)
 type Webhook struct {
 	Config     Config
 	Namespaces NamespaceGetter
-	Logger     *slog.Logger
+	// SidecarResources returns the mesh's current sidecar resources (the
+	// MeshConfig's spec.sidecar.resources as JSON, model.MeshSettings), which
+	// each pod injected from then on gets; nil or "": Config.Resources.
+	SidecarResources func() string
+	Logger           *slog.Logger
 }
 
 // maxReview bounds an AdmissionReview body; pods and Trellis's resources are
@@ -86,7 +90,17 @@ func (wh *Webhook) review(req *admissionv1.AdmissionRequest, log *slog.Logger) *
 	if !d.Inject {
 		return allow
 	}
-	injected, err := Mutate(&pod, wh.Config)
+	cfg := wh.Config
+	if wh.SidecarResources != nil {
+		if js := wh.SidecarResources(); js != "" {
+			if err := json.Unmarshal([]byte(js), &cfg.Resources); err != nil {
+				// The translator checked it; keep injecting without it.
+				log.Error("the MeshConfig's sidecar resources do not parse; injecting without them", "err", err)
+				cfg.Resources = wh.Config.Resources
+			}
+		}
+	}
+	injected, err := Mutate(&pod, cfg)
 	if err == nil && ns != nil && ns.Annotations[MetricsAnnotation] == "enabled" {
 		for k, v := range ScrapeAnnotations() {
 			injected.Annotations[k] = v

@@ -195,6 +195,10 @@ type MeshSettings struct {
 	// warning, error, fatal, panic, disabled, off); empty: the control plane's
 	// own --log-level.
 	ControlPlaneLogLevel string `json:"controlPlaneLogLevel,omitempty"`
+	// SidecarResources is the resources of every injected sidecar container
+	// (OSM's spec.sidecar.resources), as the JSON of a Kubernetes
+	// ResourceRequirements, checked and normalised; empty: none set.
+	SidecarResources string `json:"sidecarResources,omitempty"`
 	// Tracing is OSM's spec.observability.tracing as given: stored and shown,
 	// not yet used (sidecars do not export spans to it); zero when unset.
 	Tracing Tracing `json:"tracing,omitzero"`

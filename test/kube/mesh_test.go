@@ -243,12 +243,15 @@ func TestBookstoreOnCluster(t *testing.T) {
 		return nil
 	})
 
-	// Strict mode: both clients denied.
+	// Strict mode: both clients denied. The sidecar resources reach the pods
+	// injected from now on (bookstore v2's, below).
 	kubetest.KubectlApply(t, `apiVersion: config.openservicemesh.io/v1alpha2
 kind: MeshConfig
 metadata: {name: osm-mesh-config, namespace: `+store+`}
 spec:
   traffic: {enablePermissiveTrafficPolicyMode: false, enableEgress: false}
+  sidecar:
+    resources: {limits: {cpu: "2", memory: 256Mi}, requests: {cpu: 10m, memory: 32Mi}}
 `)
 	deniedNow := func(ip, who string) func() error {
 		return func() error {
@@ -436,6 +439,20 @@ spec:
         ports: [{name: web, containerPort: 14001}]
 `, store, warehouseURL))
 	v2Pods := m.waitDeployment(t, store, "app=bookstore,version=v2", 2)
+	// Injected after the MeshConfig: its sidecar resources, and as many
+	// threads as the CPU limit.
+	if p, err := m.c.Client.CoreV1().Pods(store).Get(context.Background(), v2Pods[0], metav1.GetOptions{}); err != nil {
+		t.Error(err)
+	} else {
+		for _, c := range p.Spec.InitContainers {
+			if c.Name != inject.ProxyContainer {
+				continue
+			}
+			if c.Resources.Limits.Cpu().String() != "2" || c.Resources.Requests.Memory().String() != "32Mi" || !slices.Contains(c.Args, "--concurrency") || c.Args[slices.Index(c.Args, "--concurrency")+1] != "2" {
+				t.Errorf("bookstore v2's sidecar: resources %+v, args %v; want the MeshConfig's resources and --concurrency 2", c.Resources, c.Args)
+			}
+		}
+	}
 	split := func(v1, v2 int) string {
 		return fmt.Sprintf(`apiVersion: split.smi-spec.io/v1alpha2
 kind: TrafficSplit

@@ -1,12 +1,16 @@
 package translate
 
 import (
+	"bytes"
+	"encoding/json"
 	"net/netip"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/trellis-mesh/trellis/api/osm"
 	"github.com/trellis-mesh/trellis/internal/manifests"
@@ -20,13 +24,15 @@ const (
 	fieldCertTTL    = "spec.certificate.serviceCertValidityDuration"
 	fieldSidecarLog = "spec.sidecar.logLevel"
 	fieldCPLog      = "spec.observability.osmLogLevel"
+	// Kubernetes mode: the injector gives every sidecar these resources.
+	fieldSidecarResources = "spec.sidecar.resources"
 )
 
 // actedOn says whether Trellis acts on a MeshConfig field; every other field
 // set is stored and reported as not used yet.
 func actedOn(field string) bool {
 	switch field {
-	case fieldPermissive, fieldEgress, fieldCertTTL, fieldSidecarLog, fieldCPLog:
+	case fieldPermissive, fieldEgress, fieldCertTTL, fieldSidecarLog, fieldCPLog, fieldSidecarResources:
 		return true
 	}
 	return false
@@ -89,6 +95,7 @@ func meshConfig(c *check, r Resource) model.MeshSettings {
 			c.warnf(f, NotUsedYet)
 		}
 	}
+	resources := sidecarResources(c, s.Sidecar.Resources)
 	tr := s.Observability.Tracing
 	return model.MeshSettings{
 		TrustDomain:          model.DefaultTrustDomain,
@@ -97,9 +104,45 @@ func meshConfig(c *check, r Resource) model.MeshSettings {
 		CertValidity:         certTTL,
 		SidecarLogLevel:      s.Sidecar.LogLevel,
 		ControlPlaneLogLevel: s.Observability.OSMLogLevel,
+		SidecarResources:     resources,
 		Tracing:              model.Tracing{Enable: boolOr(tr.Enable, false), Address: tr.Address, Port: tr.Port, Endpoint: tr.Endpoint},
 		Source:               "MeshConfig " + r.Namespace + "/" + r.Name,
 	}
+}
+
+// sidecarResources checks spec.sidecar.resources as Kubernetes reads a
+// container's resources (known fields, quantities that parse) and returns it
+// normalised; "" when unset or invalid.
+func sidecarResources(c *check, raw json.RawMessage) string {
+	if len(raw) == 0 || string(raw) == "null" {
+		return ""
+	}
+	var rr corev1.ResourceRequirements
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rr); err != nil {
+		c.errorf(fieldSidecarResources, "%v: write a container's resources, such as {limits: {cpu: \"1\", memory: 64Mi}, requests: {cpu: 100m}}", err)
+		return ""
+	}
+	if len(rr.Limits) == 0 && len(rr.Requests) == 0 && len(rr.Claims) == 0 {
+		return "" // OSM's own MeshConfig has resources: {}
+	}
+	if len(rr.Claims) > 0 {
+		c.errorf(fieldSidecarResources+".claims", "a sidecar takes no resource claims: remove claims")
+		return ""
+	}
+	for name, q := range rr.Requests {
+		if l, ok := rr.Limits[name]; ok && q.Cmp(l) > 0 {
+			c.errorf(fieldSidecarResources+".requests."+string(name), "request %s is above the limit %s: Kubernetes would refuse every injected pod", q.String(), l.String())
+			return ""
+		}
+	}
+	b, err := json.Marshal(rr)
+	if err != nil {
+		c.errorf(fieldSidecarResources, "%v", err)
+		return ""
+	}
+	return string(b)
 }
 
 func boolOr(b *bool, def bool) bool {

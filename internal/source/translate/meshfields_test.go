@@ -20,8 +20,9 @@ func TestMeshConfigEveryField(t *testing.T) {
 	want := &model.MeshSettings{
 		TrustDomain: "cluster.local", Permissive: false, Egress: false, CertValidity: 12 * time.Hour,
 		SidecarLogLevel: "debug", ControlPlaneLogLevel: "debug",
-		Tracing: model.Tracing{Enable: true, Address: "jaeger.osm-system.svc.cluster.local", Port: 9411, Endpoint: "/api/v2/spans"},
-		Source:  "MeshConfig osm-system/osm-mesh-config",
+		SidecarResources: `{"limits":{"cpu":"1","memory":"512Mi"},"requests":{"cpu":"100m","memory":"64Mi"}}`,
+		Tracing:          model.Tracing{Enable: true, Address: "jaeger.osm-system.svc.cluster.local", Port: 9411, Endpoint: "/api/v2/spans"},
+		Source:           "MeshConfig osm-system/osm-mesh-config",
 	}
 	if diff := cmp.Diff(want, objs.Mesh); diff != "" {
 		t.Errorf("mesh settings (-want +got):\n%s", diff)
@@ -55,7 +56,6 @@ func TestMeshConfigEveryField(t *testing.T) {
 		"spec.sidecar.initContainerImage",
 		"spec.sidecar.localProxyMode",
 		"spec.sidecar.maxDataPlaneConnections",
-		"spec.sidecar.resources",
 		"spec.sidecar.tlsMaxProtocolVersion",
 		"spec.sidecar.tlsMinProtocolVersion",
 		"spec.traffic.inboundExternalAuthorization.address",

@@ -297,6 +297,8 @@ func TestTranslateInvalid(t *testing.T) {
 		{"MeshConfig osm-system/bad-cidr", []want{{"spec.traffic.outboundIPRangeExclusionList[1]", `"10.0.0.1" is not an IP range in CIDR form`}}},
 		{"MeshConfig osm-system/bad-port", []want{{"spec.traffic.inboundPortExclusionList[0]", "port 99999 is not from 1 to 65535"}}},
 		{"MeshConfig osm-system/quoted-bool", []want{{"spec.traffic.enablePermissiveTrafficPolicyMode", `want true or false, got the string "false"`}}},
+		{"MeshConfig osm-system/bad-sidecar-cpu", []want{{"spec.sidecar.resources", "quantities must match"}}},
+		{"MeshConfig osm-system/sidecar-request-over-limit", []want{{"spec.sidecar.resources.requests.memory", "request 128Mi is above the limit 64Mi"}}},
 		{"MeshConfig osm-system/v1alpha2-field-in-v1alpha1", []want{{"spec.sidecar.localProxyMode", "remove it or check the apiVersion (the field is in config.openservicemesh.io/v1alpha2"}}},
 		{"MeshConfig osm-system/unknown-section", []want{{"spec.tracing", `unknown field "tracing": remove it or check the apiVersion`}}},
 		// OSM policies
