@@ -220,9 +220,12 @@ func meshChecks(m model.MeshSettings) []CheckResult {
 		}
 		return l
 	}
-	res := []CheckResult{{Check: "mesh config", Object: m.Source, Result: checkOK, Detail: fmt.Sprintf(
-		"%s: traffic policy %s, egress %s, certificates valid %s, sidecar log level %s, control-plane log level %s",
-		src, mode, egress, validity, levels(m.SidecarLogLevel, "each sidecar's --log-level"), levels(m.ControlPlaneLogLevel, "its --log-level"))}}
+	detail := fmt.Sprintf("%s: traffic policy %s, egress %s, certificates valid %s, sidecar log level %s, control-plane log level %s",
+		src, mode, egress, validity, levels(m.SidecarLogLevel, "each sidecar's --log-level"), levels(m.ControlPlaneLogLevel, "its --log-level"))
+	if m.SidecarResources != "" {
+		detail += ", sidecar resources " + m.SidecarResources + " (for sidecars injected on Kubernetes)"
+	}
+	res := []CheckResult{{Check: "mesh config", Object: m.Source, Result: checkOK, Detail: detail}}
 	if t := m.Tracing; t != (model.Tracing{}) {
 		r := CheckResult{Check: "tracing", Object: m.Source, Result: checkOK}
 		if t.Enable {

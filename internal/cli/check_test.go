@@ -46,14 +46,15 @@ func TestCheckShowsMeshConfig(t *testing.T) {
 		}
 	}
 	want := []CheckResult{
-		{Check: "mesh config", Object: src, Result: "ok", Detail: src + ": traffic policy strict (TrafficTargets allow), egress off, certificates valid 12h0m0s, sidecar log level debug, control-plane log level debug"},
+		{Check: "mesh config", Object: src, Result: "ok", Detail: src + ": traffic policy strict (TrafficTargets allow), egress off, certificates valid 12h0m0s, sidecar log level debug, control-plane log level debug, sidecar resources " +
+			`{"limits":{"cpu":"1","memory":"512Mi"},"requests":{"cpu":"100m","memory":"64Mi"}}` + " (for sidecars injected on Kubernetes)"},
 		{Check: "tracing", Object: src, Result: "warn", Detail: "stored, not yet used: enable true, collector jaeger.osm-system.svc.cluster.local port 9411 endpoint /api/v2/spans; sidecars export no spans yet"},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("mesh lines of trellis check (-want +got):\n%s", diff)
 	}
-	if unused != 42 {
-		t.Errorf("check lists %d MeshConfig fields as not used yet, want 42 (all but the five Trellis acts on):\n%s", unused, out)
+	if unused != 41 {
+		t.Errorf("check lists %d MeshConfig fields as not used yet, want 41 (all but the six Trellis acts on):\n%s", unused, out)
 	}
 	// A get returns the object as applied: every field, used or not, is kept.
 	out, errOut, code = trellisMain(t, state, "get", "meshconfig", "-n", "osm-system", "-o", "json")
