@@ -61,14 +61,7 @@ spec:
 	if _, err := c.Client.CoreV1().ServiceAccounts(ns).Create(context.Background(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "bookstore"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	c.Apply(t, fmt.Sprintf(`apiVersion: access.smi-spec.io/v1alpha3
-kind: TrafficTarget
-metadata: {name: bookstore, namespace: %s}
-spec:
-  destination: {kind: ServiceAccount, name: bookstore, namespace: %[1]s}
-  rules: [{kind: TCPRoute, name: bookstore-tcp}]
-  sources: [{kind: ServiceAccount, name: bookbuyre, namespace: %[1]s}]
-`, ns))
+	c.Apply(t, misspeltSourceTarget(ns))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -138,14 +138,7 @@ func TestSourceWithoutServiceAccountsRule(t *testing.T) {
 	})
 
 	c.MeshedPod(t, ns, "bookstore-v1", "bookstore", "10.244.0.211")
-	c.Apply(t, fmt.Sprintf(`apiVersion: access.smi-spec.io/v1alpha3
-kind: TrafficTarget
-metadata: {name: bookstore, namespace: %s}
-spec:
-  destination: {kind: ServiceAccount, name: bookstore, namespace: %[1]s}
-  rules: [{kind: TCPRoute, name: bookstore-tcp}]
-  sources: [{kind: ServiceAccount, name: bookbuyre, namespace: %[1]s}]
-`, ns))
+	c.Apply(t, misspeltSourceTarget(ns))
 
 	var logs syncbuf.Buffer
 	runCtx, cancel := context.WithCancel(ctx)

@@ -2,6 +2,7 @@ package kube_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -26,4 +27,18 @@ func runSynced(t *testing.T, ctx context.Context, src *kube.Source, logs interfa
 		t.Fatal("not synced after 30s")
 	}
 	return done
+}
+
+// misspeltSourceTarget is a TrafficTarget in ns whose source ServiceAccount,
+// bookbuyre, is misspelt: in force, and reported while no account of that
+// name exists.
+func misspeltSourceTarget(ns string) string {
+	return fmt.Sprintf(`apiVersion: access.smi-spec.io/v1alpha3
+kind: TrafficTarget
+metadata: {name: bookstore, namespace: %s}
+spec:
+  destination: {kind: ServiceAccount, name: bookstore, namespace: %[1]s}
+  rules: [{kind: TCPRoute, name: bookstore-tcp}]
+  sources: [{kind: ServiceAccount, name: bookbuyre, namespace: %[1]s}]
+`, ns)
 }
