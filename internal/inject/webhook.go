@@ -93,10 +93,14 @@ func (wh *Webhook) review(req *admissionv1.AdmissionRequest, log *slog.Logger) *
 	cfg := wh.Config
 	if wh.SidecarResources != nil {
 		if js := wh.SidecarResources(); js != "" {
-			if err := json.Unmarshal([]byte(js), &cfg.Resources); err != nil {
+			// A fresh value: decoding into cfg.Resources would write into the
+			// maps it shares with wh.Config.
+			var r corev1.ResourceRequirements
+			if err := json.Unmarshal([]byte(js), &r); err != nil {
 				// The translator checked it; keep injecting without it.
 				log.Error("the MeshConfig's sidecar resources do not parse; injecting without them", "err", err)
-				cfg.Resources = wh.Config.Resources
+			} else {
+				cfg.Resources = r
 			}
 		}
 	}
