@@ -51,7 +51,8 @@ certificate that is not about to expire.
 
 With --kubernetes, checks the mesh on a cluster: the control plane answers (read through the
 API server's pod proxy), every meshed pod's sidecar is connected, holds its current inbound
-policy and a certificate not about to expire; it lists resources with problems (also in their
+policy and a certificate not about to expire; it says which control-plane replica holds the
+Lease that lets it write status conditions, and lists resources with problems (also in their
 status conditions) and Services with endpoints outside the mesh (pods without a sidecar).
 
 With --pre, checks instead that a Kubernetes cluster can take Trellis before trellis install:

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/trellis-mesh/trellis/internal/source/kube"
 )
 
 // TestCheckShowsMeshConfig: with a MeshConfig applied, trellis check shows the
@@ -64,6 +66,26 @@ func TestCheckShowsMeshConfig(t *testing.T) {
 	for _, field := range []string{`"certKeyBitSize":4096`, `"envoyWindowsImage":"envoyproxy/envoy-windows:v1.22.1"`, `"enableMeshRootCertificate":false`, `"memory":"512Mi"`, `"statPrefix":"inboundExtAuthz"`} {
 		if !strings.Contains(strings.ReplaceAll(out, " ", ""), field) {
 			t.Errorf("get meshconfig lost %s:\n%s", field, out)
+		}
+	}
+}
+
+// TestStatusWriterCheck: which replica writes status conditions, as trellis
+// check --kubernetes reports it.
+func TestStatusWriterCheck(t *testing.T) {
+	const lease = "trellis-system/trellis-status-writer"
+	for _, tt := range []struct {
+		w            kube.StatusWriter
+		result, want string
+	}{
+		{kube.StatusWriter{}, checkWarn, "every replica writes status conditions, without leader election"},
+		{kube.StatusWriter{Lease: lease, Self: "cp-1_ab"}, checkWarn, "no replica holds the Lease yet"},
+		{kube.StatusWriter{Lease: lease, Self: "cp-1_ab", Holder: "cp-1_ab"}, checkOK, "held by cp-1_ab (the replica answering)"},
+		{kube.StatusWriter{Lease: lease, Self: "cp-1_ab", Holder: "cp-2_cd"}, checkOK, "held by cp-2_cd, which writes"},
+	} {
+		r := statusWriterCheck(tt.w, "10.96.0.20:15129")
+		if r.Check != "status writer" || r.Result != tt.result || !strings.Contains(r.Detail, tt.want) {
+			t.Errorf("statusWriterCheck(%+v) = %+v; want %s with %q", tt.w, r, tt.result, tt.want)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/controlplane"
 	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/model"
+	"github.com/trellis-mesh/trellis/internal/source/kube"
 )
 
 // controlPlaneHealthPort is where the installed control plane serves /status.
@@ -46,6 +47,7 @@ func (o *checkOptions) runKube(ctx context.Context, w io.Writer) error {
 	}
 	add("control plane", where, checkOK, "serving snapshot %s: %d sidecar connections, %d of %d meshed pods connected, %d certificates issued",
 		st.Snapshot, st.Server.Connections, connected, len(st.Workloads), st.Server.CertificatesIssued)
+	l.res = append(l.res, statusWriterCheck(st.StatusWriter, where))
 	l.res = append(l.res, meshChecks(st.Mesh)...)
 	l.res = append(l.res, problemChecks(st.Problems)...)
 	for _, wl := range st.Workloads {
@@ -120,4 +122,22 @@ func problemChecks(ps []model.Problem) []CheckResult {
 		res = append(res, CheckResult{Check: "service", Result: checkOK, Detail: "no service has endpoints outside the mesh"})
 	}
 	return res
+}
+
+// statusWriterCheck says which control-plane replica writes status
+// conditions, as the one at where sees it.
+func statusWriterCheck(w kube.StatusWriter, where string) CheckResult {
+	switch {
+	case w.Lease == "":
+		return CheckResult{Check: "status writer", Object: where, Result: checkWarn,
+			Detail: "every replica writes status conditions, without leader election: the control plane may not read its Lease; apply its current Role (trellis install, or the chart) and restart it"}
+	case w.Holder == "":
+		return CheckResult{Check: "status writer", Object: w.Lease, Result: checkWarn,
+			Detail: "no replica holds the Lease yet, so no status conditions are being written; they will be once one does"}
+	case w.Holder == w.Self:
+		return CheckResult{Check: "status writer", Object: w.Lease, Result: checkOK,
+			Detail: "held by " + w.Holder + " (the replica answering), which writes status conditions"}
+	}
+	return CheckResult{Check: "status writer", Object: w.Lease, Result: checkOK,
+		Detail: "held by " + w.Holder + ", which writes status conditions"}
 }

@@ -151,7 +151,9 @@ func RunKube(ctx context.Context, o KubeOptions) error {
 			http.Error(w, "sources not synced yet", http.StatusServiceUnavailable)
 			return
 		}
-		serveJSON(w, kubeStatus(src.Snapshot(), src.Problems(), srv.Stats(), conns))
+		st := kubeStatus(src.Snapshot(), src.Problems(), srv.Stats(), conns)
+		st.StatusWriter = src.StatusWriter()
+		serveJSON(w, st)
 	})
 	health := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	var webhook *http.Server

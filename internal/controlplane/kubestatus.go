@@ -8,6 +8,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/compile"
 	"github.com/trellis-mesh/trellis/internal/model"
 	"github.com/trellis-mesh/trellis/internal/serve"
+	"github.com/trellis-mesh/trellis/internal/source/kube"
 )
 
 // KubeStatus is what a Kubernetes-mode control plane answers at GET /status on
@@ -20,6 +21,8 @@ type KubeStatus struct {
 	Server   serve.Stats        `json:"server"`
 	// Workloads are the meshed pods of the snapshot, by ID (namespace/pod).
 	Workloads []KubeWorkload `json:"workloads"`
+	// StatusWriter says which replica writes status conditions.
+	StatusWriter kube.StatusWriter `json:"statusWriter"`
 }
 
 // KubeWorkload is one meshed pod as the control plane sees it.

@@ -71,6 +71,16 @@ spec:
 				return fmt.Errorf("%s %s = %+v, want %s with %q", w.k.check, w.k.object, r, w.result, w.detail)
 			}
 		}
+		// One replica, which holds the status writer's Lease.
+		var writer *cli.CheckResult
+		for i := range res {
+			if res[i].Check == "status writer" {
+				writer = &res[i]
+			}
+		}
+		if writer == nil || writer.Result != "ok" || !strings.Contains(writer.Detail, "(the replica answering), which writes status conditions") {
+			return fmt.Errorf("status writer = %+v, want this one replica holding the Lease", writer)
+		}
 		if r := res[0]; r.Check != "control plane" || r.Result != "ok" {
 			return fmt.Errorf("first result %+v, want the control plane ok", r)
 		}

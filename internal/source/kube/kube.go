@@ -100,6 +100,7 @@ type Source struct {
 	snap     *model.Snapshot
 	problems []model.Problem
 	watched  []string // kinds whose CRD is installed
+	writer   StatusWriter
 
 	namespaces informersLister[*corev1.Namespace]
 	services   informersLister[*corev1.Service]
@@ -194,6 +195,28 @@ func (s *Source) MeshedNamespaces() []*corev1.Namespace {
 	return out
 }
 
+// StatusWriter says who writes status conditions: with leader election, the
+// Lease and its holder as this replica last saw it; without (Lease empty),
+// every replica that writes status.
+type StatusWriter struct {
+	Lease  string `json:"lease,omitempty"`  // namespace/name
+	Holder string `json:"holder,omitempty"` // its holder's identity; empty: none yet
+	Self   string `json:"self,omitempty"`   // this replica's identity
+}
+
+// StatusWriter returns who writes status conditions, as this replica knows it.
+func (s *Source) StatusWriter() StatusWriter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.writer
+}
+
+func (s *Source) setHolder(holder string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.writer.Holder = holder
+}
+
 // Watched returns the custom resource kinds whose CRDs were installed at start.
 func (s *Source) Watched() []string {
 	s.mu.Lock()
@@ -222,6 +245,10 @@ func (s *Source) Run(ctx context.Context) error {
 			// replica, rather than by none.
 			s.o.Logger.Warn("status conditions are written without leader election, by every replica: the control plane may not read its Lease; apply its current Role (trellis install, or the chart) and restart it to elect one writer", "err", err)
 			elector = nil
+		} else {
+			s.mu.Lock()
+			s.writer = StatusWriter{Lease: le.Namespace + "/" + le.Name, Self: le.Identity}
+			s.mu.Unlock()
 		}
 	}
 	notify := cache.ResourceEventHandlerFuncs{

@@ -132,6 +132,7 @@ func (s *Source) newElector(ctx context.Context, le LeaderElection) (*leaderelec
 				s.status.running.Unlock()
 			},
 			OnNewLeader: func(holder string) {
+				s.setHolder(holder)
 				if holder != "" && holder != le.Identity {
 					log.Info("another replica holds the Lease and writes status conditions", "holder", holder)
 				}

@@ -194,6 +194,15 @@ func TestStatusWriterLeaderElection(t *testing.T) {
 		}
 		return nil
 	})
+	// Both replicas know who writes (what trellis check shows).
+	kubetest.Eventually(t, 10*time.Second, "both replicas see the holder", func() error {
+		for _, r := range []*replica{a, b} {
+			if w := r.src.StatusWriter(); w.Holder != leader.id || w.Self != r.id || w.Lease != ns+"/"+kube.DefaultLeaseName {
+				return fmt.Errorf("%s: status writer %+v, want holder %s, self %s, Lease %s/%s", r.id, w, leader.id, r.id, ns, kube.DefaultLeaseName)
+			}
+		}
+		return nil
+	})
 	waitRefused(t, c, ns, "before")
 	c.Apply(t, brokenSplit(ns, "first"))
 	waitRefused(t, c, ns, "first")
