@@ -153,13 +153,7 @@ func (r *replica) start(t *testing.T) {
 // synced waits until the replica's source has synced.
 func (r *replica) synced(t *testing.T) {
 	t.Helper()
-	select {
-	case <-r.src.Synced():
-	case err := <-r.done:
-		t.Fatalf("%s: Run: %v", r.id, err)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s not synced after 30s", r.id)
-	}
+	waitSynced(t, r.id, r.src, r.done, &r.logs)
 }
 
 // TestStatusWriterLeaderElection runs two replicas' sources against the real

@@ -16,17 +16,25 @@ func runSynced(t *testing.T, ctx context.Context, src *kube.Source, logs interfa
 	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- src.Run(ctx) }()
+	waitSynced(t, "the source", src, done, logs)
+	return done
+}
+
+// waitSynced waits until src, whose Run reports on done, has synced; it
+// fails the test, naming who, if Run ends first or sync takes over 30 s,
+// showing logs, when not nil.
+func waitSynced(t *testing.T, who string, src *kube.Source, done <-chan error, logs interface{ String() string }) {
+	t.Helper()
 	select {
 	case <-src.Synced():
 	case err := <-done:
-		t.Fatalf("Run: %v", err)
+		t.Fatalf("%s: Run: %v", who, err)
 	case <-time.After(30 * time.Second):
 		if logs != nil {
-			t.Fatalf("not synced after 30s; log:\n%s", logs.String())
+			t.Fatalf("%s not synced after 30s; log:\n%s", who, logs.String())
 		}
-		t.Fatal("not synced after 30s")
+		t.Fatalf("%s not synced after 30s", who)
 	}
-	return done
 }
 
 // misspeltSourceTarget is a TrafficTarget in ns whose source ServiceAccount,
